@@ -1,0 +1,135 @@
+"""What a transformer is and how its weights arrive.
+
+    config, params, tokenizer = models.load("path/or/hub-id/or/file.gguf", dtype="bfloat16")
+    cache = models.init_cache(config, batch=1, max_len=256, dtype=params["embed"].dtype)
+    logits, cache = models.forward(params, config, tokens, cache)
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from models.config import SUPPORTED_MODEL_TYPES, Config, ConfigError
+from models.kv_cache import KVCache, cache_axes, init_cache
+from models.load.convert import CheckpointError
+from models.transformer import ParamSpec, check_params, forward, init_params, param_axes, param_specs
+
+__all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
+           "check_params", "forward", "init_cache", "init_params", "load", "load_tokenizer", "param_axes",
+           "param_specs", "parse_dtype", "save", "source_kind"]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def parse_dtype(dtype) -> jnp.dtype:
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        return jnp.dtype(DTYPES[dtype])
+    d = jnp.dtype(dtype)
+    if d.name not in DTYPES:
+        raise ValueError(f"unsupported dtype {d.name!r}; choose one of {', '.join(DTYPES)}")
+    return d
+
+
+def _numpy_dtype(d):
+    return ml_dtypes.bfloat16 if d == jnp.bfloat16 else np.dtype(d.name)
+
+
+def source_kind(source: str | Path) -> str:
+    """'gguf' | 'orbax' | 'hf' | 'hub'; raises FileNotFoundError naming what was looked for."""
+    from models.load import hub, orbax_io
+
+    p = Path(source).expanduser()
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return "gguf"
+        raise FileNotFoundError(f"{p} is a file but not a .gguf; pass a .gguf file, a Hugging Face model directory, "
+                                "a directory written by `adasd convert`, or a hub id")
+    if p.is_dir():
+        if orbax_io.is_orbax_dir(p):
+            return "orbax"
+        if (p / "config.json").is_file():
+            return "hf"
+        raise FileNotFoundError(f"{p} is a directory without config.json (Hugging Face) or "
+                                f"{orbax_io.MARKER} (adasd convert): not a model directory")
+    if hub.looks_like_hub_id(str(source)):
+        return "hub"
+    raise FileNotFoundError(f"model {str(source)!r} does not exist: pass a .gguf file, a Hugging Face model "
+                            "directory, a directory written by `adasd convert`, or a hub id such as Qwen/Qwen2.5-0.5B")
+
+
+def load_tokenizer(source: str | Path, kind: str | None = None):
+    """The transformers tokenizer (with chat template) for a model source, or None if it has none."""
+    from transformers import AutoTokenizer
+
+    p = Path(source).expanduser()
+    kind = kind or source_kind(source)
+    if kind == "gguf":
+        return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    directory = p / "tokenizer" if kind == "orbax" else p
+    if not any(directory.glob("tokenizer*")):
+        return None
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _merge_generation_eos(c: Config, directory: Path) -> Config:
+    """Instruct models list their stop tokens in generation_config.json; honour them all."""
+    import dataclasses
+
+    gen = directory / "generation_config.json"
+    if not gen.is_file():
+        return c
+    eos = json.loads(gen.read_text()).get("eos_token_id")
+    extra = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+    return dataclasses.replace(c, eos_token_ids=tuple(dict.fromkeys(c.eos_token_ids + tuple(map(int, extra)))))
+
+
+def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=None):
+    """Load a model from a GGUF file, a Hugging Face directory or hub id, or an `adasd convert` directory.
+
+    Returns (config, params, tokenizer); params are jax arrays of `dtype` (placed with `shardings`, a
+    tree matching `param_specs(config)`, when given); tokenizer is None when asked not to load it or
+    when the source has none.
+    """
+    from models.load import gguf, hub, orbax_io, safetensors
+
+    d = parse_dtype(dtype)
+    kind = source_kind(source)
+    path = Path(source).expanduser()
+    if kind == "hub":
+        path, kind = hub.download(str(source)), "hf"
+    if kind == "orbax":
+        c, params = orbax_io.load(path, d, shardings)
+    else:
+        if kind == "gguf":
+            c, np_params = gguf.load(path, _numpy_dtype(d))
+        else:
+            c, np_params = safetensors.load(path, _numpy_dtype(d))
+            c = _merge_generation_eos(c, path)
+        check_params(np_params, c)
+        if shardings is None:
+            params = jax.tree.map(jnp.asarray, np_params)
+        else:
+            params = jax.tree.map(lambda a, s: jax.make_array_from_callback(a.shape, s, lambda idx: a[idx]),
+                                  np_params, shardings)
+    tok = None
+    if tokenizer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = load_tokenizer(path, kind)
+    return c, params, tok
+
+
+def save(path: str | Path, config: Config, params, tokenizer=None, source: str | None = None) -> Path:
+    """Write an Orbax checkpoint that `load` reads back bit-exactly (atomic: temp dir, then rename)."""
+    from models.load import orbax_io
+
+    check_params(params, config)
+    return orbax_io.save(Path(path), config, params, tokenizer, source)

@@ -1,0 +1,34 @@
+"""Static-shape KV cache with per-row lengths: rows of one batch sit at different positions."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from models.config import Config
+
+CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
+
+
+@struct.dataclass
+class KVCache:
+    k: jax.Array  # [L, B, S, K, hd]
+    v: jax.Array  # [L, B, S, K, hd]
+    lengths: jax.Array  # int32 [B]: valid prefix of each row; rolling back a row is lowering it
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def with_lengths(self, lengths: jax.Array) -> "KVCache":
+        return self.replace(lengths=lengths.astype(jnp.int32))
+
+
+def cache_axes() -> KVCache:
+    """Logical axes of each cache field (for sharding)."""
+    return KVCache(k=CACHE_AXES, v=CACHE_AXES, lengths=("batch",))
+
+
+def init_cache(c: Config, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), lengths=jnp.zeros((batch,), jnp.int32))

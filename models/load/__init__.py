@@ -1,0 +1,1 @@
+"""Loaders: each turns one checkpoint format into (Config, numpy parameter tree, tokenizer)."""

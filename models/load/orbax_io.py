@@ -1,0 +1,87 @@
+"""This project's converted format: config.json + Orbax parameter checkpoint + tokenizer files.
+
+Written to a temporary sibling directory and renamed into place, so a crash never leaves a
+half-written model behind; reloads in seconds instead of re-dequantizing a GGUF.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from models.config import Config
+from models.load.convert import CheckpointError
+
+MARKER = "adasd_model.json"  # config + format version; its presence identifies the format
+FORMAT_VERSION = 1
+
+
+def is_orbax_dir(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def save(path: Path, c: Config, params, tokenizer=None, source: str | None = None) -> Path:
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(tmp / "params", params)
+            ckpt.wait_until_finished()
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        meta = {"format_version": FORMAT_VERSION, "config": c.to_dict(), "source": source,
+                "dtype": str(jax.tree.leaves(params)[0].dtype)}
+        (tmp / MARKER).write_text(json.dumps(meta, indent=1))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_config(path: Path) -> tuple[Config, dict]:
+    try:
+        meta = json.loads((path / MARKER).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / MARKER} is corrupt: {e}") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {meta.get('format_version')}, expected {FORMAT_VERSION}; "
+                              "convert the model again with `adasd convert`")
+    return Config.from_dict(meta["config"]), meta
+
+
+def load(path: Path, dtype=None, shardings=None) -> tuple[Config, dict]:
+    """Restore parameters; with `dtype` they are cast on restore, with `shardings` placed directly."""
+    import orbax.checkpoint as ocp
+    from models.transformer import param_specs, ParamSpec
+
+    c, meta = load_config(path)
+    saved_dtype = np.dtype(meta["dtype"]) if meta["dtype"] != "bfloat16" else jax.numpy.bfloat16
+    target_dtype = dtype or saved_dtype
+    specs = param_specs(c)
+    is_spec = lambda x: isinstance(x, ParamSpec)
+    if shardings is None:
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, target_dtype), specs, is_leaf=is_spec)
+    else:
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, target_dtype, sharding=sh),
+                                specs, shardings, is_leaf=is_spec)
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            params = ckpt.restore(path / "params", abstract)
+    except Exception as e:
+        raise CheckpointError(f"cannot restore Orbax parameters from {path / 'params'}: {e}") from e
+    return c, params

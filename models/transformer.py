@@ -1,0 +1,176 @@
+"""The shared decoder (llama / mistral / qwen2 / qwen3 by config switches) as pure functions.
+
+`forward(params, config, tokens[B,T], cache) -> (logits[B,T,V], cache)` serves prefill, one-token
+decode and multi-token verification alike: row b writes its T new entries at its own position
+`cache.lengths[b]` and attends causally to its own valid prefix. Layers are stacked on a leading
+axis and run with `lax.scan`, so compile time does not grow with depth.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.config import Config
+from models.kv_cache import KVCache
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """Abstract description of one parameter: shape and logical axes (one name per dimension)."""
+
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    init: str = "normal"  # normal | ones
+
+
+def param_specs(c: Config) -> Params:
+    """The one description of a parameter tree: drives init, loading checks, casting and sharding."""
+    L, D, H, K, hd, F, V = (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                            c.intermediate_size, c.vocab_size)
+    layers = {
+        "attn_norm": ParamSpec((L, D), ("layers", "embed"), "ones"),
+        "wq": ParamSpec((L, D, H, hd), ("layers", "embed", "q_heads", "head_dim")),
+        "wk": ParamSpec((L, D, K, hd), ("layers", "embed", "kv_heads", "head_dim")),
+        "wv": ParamSpec((L, D, K, hd), ("layers", "embed", "kv_heads", "head_dim")),
+        "wo": ParamSpec((L, H, hd, D), ("layers", "q_heads", "head_dim", "embed")),
+        "mlp_norm": ParamSpec((L, D), ("layers", "embed"), "ones"),
+        "w_gate": ParamSpec((L, D, F), ("layers", "embed", "ffn")),
+        "w_up": ParamSpec((L, D, F), ("layers", "embed", "ffn")),
+        "w_down": ParamSpec((L, F, D), ("layers", "ffn", "embed")),
+    }
+    if c.qkv_bias:
+        layers["bq"] = ParamSpec((L, H, hd), ("layers", "q_heads", "head_dim"), "normal")
+        layers["bk"] = ParamSpec((L, K, hd), ("layers", "kv_heads", "head_dim"), "normal")
+        layers["bv"] = ParamSpec((L, K, hd), ("layers", "kv_heads", "head_dim"), "normal")
+    if c.qk_norm:
+        layers["q_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), "ones")
+        layers["k_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), "ones")
+    specs = {"embed": ParamSpec((V, D), ("vocab", "embed")), "layers": layers,
+             "final_norm": ParamSpec((D,), ("embed",), "ones")}
+    if not c.tie_word_embeddings:
+        specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"))
+    return specs
+
+
+def param_axes(c: Config) -> Params:
+    return jax.tree.map(lambda s: s.axes, param_specs(c), is_leaf=lambda x: isinstance(x, ParamSpec))
+
+
+def init_params(c: Config, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Params:
+    """Random parameters of the real shapes (tests, roofline timing)."""
+    specs = param_specs(c)
+    leaves, tree = jax.tree.flatten(specs, is_leaf=lambda x: isinstance(x, ParamSpec))
+    keys = jax.random.split(key, len(leaves))
+
+    def make(s: ParamSpec, k):
+        if s.init == "ones":
+            return jnp.ones(s.shape, dtype)
+        return (scale * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype)
+
+    return jax.tree.unflatten(tree, [make(s, k) for s, k in zip(leaves, keys)])
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32, cast back before the weight (as the reference does)."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return w * y.astype(x.dtype)
+
+
+def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE. x: [B,T,N,hd]; cos/sin: [B,T,hd]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
+    """One decoder block. x: [B,T,D]; k/v_cache: [B,S,K,hd] for this layer; returns new x and caches."""
+    B, T, _ = x.shape
+    h = rms_norm(x, lp["attn_norm"], c.rms_norm_eps)
+    q = jnp.einsum("btd,dnh->btnh", h, lp["wq"])
+    k = jnp.einsum("btd,dnh->btnh", h, lp["wk"])
+    v = jnp.einsum("btd,dnh->btnh", h, lp["wv"])
+    if c.qkv_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    if c.qk_norm:
+        q, k = rms_norm(q, lp["q_norm"], c.rms_norm_eps), rms_norm(k, lp["k_norm"], c.rms_norm_eps)
+    q, k = rope(q, cos, sin), rope(k, cos, sin)
+    # write the T new entries at each row's own positions; positions past the cache are dropped
+    rows = jnp.arange(B)[:, None]
+    k_cache = k_cache.at[rows, pos].set(k.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[rows, pos].set(v.astype(v_cache.dtype), mode="drop")
+    G = c.num_heads // c.num_kv_heads
+    qg = q.reshape(B, T, c.num_kv_heads, G, c.head_dim)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k_cache.astype(q.dtype)).astype(jnp.float32)
+    scores = scores * (c.head_dim ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    attn = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache.astype(q.dtype)).reshape(B, T, c.num_heads, c.head_dim)
+    x = x + jnp.einsum("btnh,nhd->btd", attn, lp["wo"])
+    h = rms_norm(x, lp["mlp_norm"], c.rms_norm_eps)
+    gate = jax.nn.silu(h @ lp["w_gate"])
+    x = x + (gate * (h @ lp["w_up"])) @ lp["w_down"]
+    return x, k_cache, v_cache
+
+
+def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
+            num_new: jax.Array | None = None, logits_index: jax.Array | None = None):
+    """Run T new tokens per row through the decoder.
+
+    tokens: [B,T] int; row b's token t sits at position cache.lengths[b] + t.
+    num_new: [B] how far each row's length advances (default T; padding past it is written but
+      stays outside the valid prefix, and is overwritten by the next call).
+    logits_index: optional [B] index into T; then logits are [B,1,V] at that index only.
+    Returns float32 logits [B,T,V] (or [B,1,V]) and the updated cache.
+    """
+    B, T = tokens.shape
+    if T > cache.max_len:
+        raise ValueError(f"{T} new tokens are longer than the cache ({cache.max_len} positions): "
+                         "allocate a larger cache (max_len) or shorten the prompt")
+    dtype = params["embed"].dtype
+    pos = cache.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B,T]
+    freqs = pos[..., None].astype(jnp.float32) * jnp.asarray(c.inv_freq())  # [B,T,hd/2]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+    mask = jnp.arange(cache.max_len)[None, None, :] <= pos[:, :, None]  # [B,T,S]
+    x = params["embed"][tokens]
+
+    def body(x, layer):
+        lp, k_c, v_c = layer
+        x, k_c, v_c = _layer(c, x, lp, k_c, v_c, pos, cos, sin, mask)
+        return x, (k_c, v_c)
+
+    x, (k, v) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
+    if logits_index is not None:
+        x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
+    x = rms_norm(x, params["final_norm"], c.rms_norm_eps)
+    head = params["embed"].T if c.tie_word_embeddings else params["lm_head"]
+    logits = (x @ head).astype(jnp.float32)
+    advance = jnp.full((B,), T, jnp.int32) if num_new is None else num_new.astype(jnp.int32)
+    return logits, KVCache(k=k, v=v, lengths=cache.lengths + advance)
+
+
+def cast_params(params: Params, dtype) -> Params:
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+
+
+def check_params(params: Params, c: Config) -> None:
+    """Shapes must be exactly those the config describes (a loader bug or a truncated file otherwise)."""
+    specs = param_specs(c)
+    flat_s = dict(jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, ParamSpec))[0])
+    flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    missing = set(map(jax.tree_util.keystr, flat_s)) - set(map(jax.tree_util.keystr, flat_p))
+    extra = set(map(jax.tree_util.keystr, flat_p)) - set(map(jax.tree_util.keystr, flat_s))
+    if missing or extra:
+        raise ValueError(f"parameter tree mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    for path, spec in flat_s.items():
+        got = tuple(np.shape(flat_p[path]))
+        if got != spec.shape:
+            raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {got}, config expects {spec.shape}")

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random Hugging Face checkpoints of each family, and the real SmolLM2 GGUF."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (the 1.6 GB default pair)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs the 1.6 GB default pair or a long run; enable with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
+
+FAMILIES = {
+    "llama": dict(model_type="llama", rope_theta=10000.0, tie_word_embeddings=False),
+    "llama3-rope": dict(model_type="llama", rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                          "high_freq_factor": 4.0,
+                                                          "original_max_position_embeddings": 32}, rope_theta=500000.0),
+    "mistral": dict(model_type="mistral", sliding_window=None, rope_theta=10000.0),
+    "qwen2": dict(model_type="qwen2", rope_theta=1e6, tie_word_embeddings=False),
+    "qwen2-tied": dict(model_type="qwen2", rope_theta=1e6, tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", head_dim=24, rope_theta=1e6, tie_word_embeddings=True),
+}
+
+
+def make_hf_model(directory, family: str, seed: int = 0, dtype: str = "float32", **overrides):
+    """A random transformers model of `family` saved with save_pretrained; weights scaled so logits are peaked."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = {**TINY, **FAMILIES[family], **overrides}
+    model_type = kw.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.08 * torch.randn_like(p))
+    model.to(getattr(torch, dtype)).save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory):
+    """family -> directory of a tiny random checkpoint (built once per session)."""
+    root = tmp_path_factory.mktemp("hf")
+    return {f: make_hf_model(root / f, f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct GGUF (98 MB), fetched once into the user cache and hash-checked."""
+    from adasd_jax.fetch import SMOLLM2, FetchError, fetch
+
+    try:
+        return fetch(SMOLLM2, progress=False)
+    except FetchError as e:
+        pytest.fail(f"cannot fetch the SmolLM2 GGUF needed by real-weight tests: {e}")

@@ -1,0 +1,196 @@
+"""models/: logit parity with transformers, cache semantics, real weights, Orbax, bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import models
+from conftest import FAMILIES, make_hf_model
+
+fwd = jax.jit(models.forward, static_argnums=1)
+
+
+def torch_logits(directory, ids: np.ndarray) -> np.ndarray:
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return m(torch.as_tensor(ids)).logits.float().numpy()
+
+
+def prefill(params, c, ids, max_len=64):
+    cache = models.init_cache(c, ids.shape[0], max_len)
+    return fwd(params, c, jnp.asarray(ids), cache)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prefill_logits_match_transformers(hf_models, family):
+    c, params, _ = models.load(hf_models[family], "float32")
+    ids = np.random.default_rng(0).integers(3, c.vocab_size, size=(2, 40))  # positions past rope's original context
+    ours, _ = prefill(params, c, ids)
+    ref = torch_logits(hf_models[family], ids)
+    assert np.abs(ref).max() > 1.0  # logits are not trivially flat
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=0)
+
+
+def test_bfloat16_checkpoint_loads_exactly(tmp_path):
+    """A bf16 safetensors file (numpy has no bf16) reads back to the same values torch holds."""
+    d = make_hf_model(tmp_path / "bf16", "qwen2", dtype="bfloat16")
+    c, params, _ = models.load(d, "float32")
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.bfloat16)
+    ref = m.model.layers[1].mlp.up_proj.weight.detach().float().numpy().T
+    np.testing.assert_array_equal(np.asarray(params["layers"]["w_up"][1]), ref)
+
+
+def test_prefill_then_steps_equals_full_forward(hf_models):
+    c, params, _ = models.load(hf_models["qwen2"], "float32")
+    ids = np.random.default_rng(1).integers(3, c.vocab_size, size=(1, 24))
+    full, _ = prefill(params, c, ids)
+    logits, cache = prefill(params, c, ids[:, :16])
+    steps = [logits]
+    for t in range(16, 24):
+        step, cache = fwd(params, c, jnp.asarray(ids[:, t:t + 1]), cache)
+        steps.append(step)
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5, rtol=0)
+    assert int(cache.lengths[0]) == 24
+
+
+def test_verification_width_equals_single_steps(hf_models):
+    """A T=K+1 verification forward equals K+1 one-token steps from the same cache."""
+    c, params, _ = models.load(hf_models["llama"], "float32")
+    ids = np.random.default_rng(2).integers(3, c.vocab_size, size=(2, 20))
+    _, cache = prefill(params, c, ids[:, :15])
+    wide, wide_cache = fwd(params, c, jnp.asarray(ids[:, 15:20]), cache)
+    singles = []
+    for t in range(15, 20):
+        s, cache = fwd(params, c, jnp.asarray(ids[:, t:t + 1]), cache)
+        singles.append(s)
+    np.testing.assert_allclose(wide, np.concatenate(singles, 1), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(wide_cache.k[:, :, :20], cache.k[:, :, :20], atol=1e-6)
+
+
+def test_ragged_batch_rows_equal_alone(hf_models):
+    """Rows at different positions in one batch get the logits each gets alone."""
+    c, params, _ = models.load(hf_models["qwen3"], "float32")
+    rng = np.random.default_rng(3)
+    lens = [7, 13, 10]
+    ids = np.zeros((3, 16), np.int64)
+    for b, n in enumerate(lens):
+        ids[b, :n] = rng.integers(3, c.vocab_size, n)
+    cache = models.init_cache(c, 3, 32)
+    logits, cache = fwd(params, c, jnp.asarray(ids), cache, jnp.asarray(lens))
+    assert list(np.asarray(cache.lengths)) == lens
+    nxt = rng.integers(3, c.vocab_size, size=(3, 2))
+    step, cache = fwd(params, c, jnp.asarray(nxt), cache)  # each row continues at its own position
+    for b, n in enumerate(lens):
+        alone = np.concatenate([ids[b:b + 1, :n], nxt[b:b + 1]], 1)
+        ref, _ = prefill(params, c, alone, 32)
+        np.testing.assert_allclose(logits[b, :n], ref[0, :n], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(step[b], ref[0, n:], atol=1e-5, rtol=0)
+
+
+def test_rollback_is_resetting_length(hf_models):
+    c, params, _ = models.load(hf_models["qwen2"], "float32")
+    ids = np.random.default_rng(4).integers(3, c.vocab_size, size=(1, 12))
+    _, cache = prefill(params, c, ids[:, :8])
+    _, cache_after = fwd(params, c, jnp.asarray(ids[:, 8:12]), cache)  # a rejected verification
+    rolled = cache_after.with_lengths(cache.lengths)
+    a, _ = fwd(params, c, jnp.asarray(ids[:, 10:11]), rolled)
+    b, _ = fwd(params, c, jnp.asarray(ids[:, 10:11]), cache)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_logits_index_selects_one_position(hf_models):
+    c, params, _ = models.load(hf_models["llama"], "float32")
+    ids = np.random.default_rng(5).integers(3, c.vocab_size, size=(2, 10))
+    full, _ = prefill(params, c, ids)
+    idx = jnp.asarray([3, 9])
+    one, _ = fwd(params, c, jnp.asarray(ids), models.init_cache(c, 2, 64), None, idx)
+    np.testing.assert_allclose(one[:, 0], np.asarray(full)[[0, 1], [3, 9]], atol=1e-6)
+
+
+def test_real_smollm2_matches_transformers(smollm2_gguf):
+    """The real 135M GGUF: same top-1 at every position of a 64-token text, |dlogit| < 1e-3."""
+    from transformers import AutoModelForCausalLM
+
+    c, params, tok = models.load(smollm2_gguf, "float32")
+    assert (c.model_type, c.num_layers, c.hidden_size, c.vocab_size) == ("llama", 30, 576, 49152)
+    text = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+            "How many clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May. "
+            "Natalia sold 48+24 = 72 clips altogether in April and May.")
+    ids = tok(text, return_tensors="np")["input_ids"][:, :64]
+    assert ids.shape[1] == 64
+    ours, _ = prefill(params, c, ids, 64)
+    ref_model = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name,
+                                                     dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = ref_model(torch.as_tensor(ids)).logits.numpy()
+    ours = np.asarray(ours)
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+    assert np.abs(ours - ref).max() < 1e-3
+
+
+def test_orbax_round_trip_is_bit_exact(hf_models, tmp_path):
+    c, params, _ = models.load(hf_models["qwen2"], "bfloat16")
+    out = models.save(tmp_path / "conv", c, params, source="test")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    c2, params2, _ = models.load(out, "bfloat16")
+    assert c2 == c
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    models.save(tmp_path / "conv", c, params)  # overwriting an existing conversion is atomic too
+    assert models.load(out, "bfloat16")[0] == c
+
+
+def test_missing_and_truncated_files(hf_models, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="without config.json"):
+        models.load(tmp_path)
+    d = tmp_path / "trunc"
+    d.mkdir()
+    src = hf_models["llama"]
+    (d / "config.json").write_text((src / "config.json").read_text())
+    data = (src / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(models.CheckpointError, match="truncated|corrupt"):
+        models.load(d)
+    bad_gguf = tmp_path / "bad.gguf"
+    bad_gguf.write_bytes(b"GGUF" + b"\0" * 20)
+    with pytest.raises(models.CheckpointError, match="GGUF"):
+        models.load(bad_gguf)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "gpt2"}, "supported: llama, mistral, qwen2, qwen3"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "rope_type='yarn'"),
+    ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window"),
+    ({"mlp_bias": True}, "mlp_bias"),
+])
+def test_unsupported_config_is_refused(hf_models, tmp_path, change, message):
+    d = tmp_path / "m"
+    d.mkdir()
+    cfg = json.loads((hf_models["llama"] / "config.json").read_text())
+    cfg.update(change)
+    (d / "config.json").write_text(json.dumps(cfg))
+    os.symlink(hf_models["llama"] / "model.safetensors", d / "model.safetensors")
+    with pytest.raises(models.ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        models.load(d)
+
+
+def test_bad_dtype_and_prompt_longer_than_cache(hf_models):
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        models.load(hf_models["llama"], "float8")
+    c, params, _ = models.load(hf_models["llama"])
+    with pytest.raises(ValueError, match="longer than the cache"):
+        fwd(params, c, jnp.zeros((1, 20), jnp.int32), models.init_cache(c, 1, 16))
