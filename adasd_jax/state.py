@@ -1,0 +1,102 @@
+"""Explicit state carried through the jitted loop: frozen dataclass pytrees, shapes in comments.
+
+B = batch rows, K = k_max (draft buffer), V = vocabulary, O = output buffer length, R = trace rounds.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from models import KVCache
+
+
+@struct.dataclass
+class ThresholdState:
+    """AdaSD's running means as (sum, count) pairs; shape [] when pooled over rows, [B] when per_row."""
+
+    acc_sum: jax.Array  # f32: JS distances of accepted (strict) tokens
+    acc_n: jax.Array  # i32
+    rej_sum: jax.Array  # f32: JS distances of rejected tokens
+    rej_n: jax.Array  # i32
+    ent_sum: jax.Array  # f32: draft entropies (nats) of rejected tokens
+    ent_n: jax.Array  # i32
+
+    @classmethod
+    def init(cls, shape=()) -> "ThresholdState":
+        f, i = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32)
+        return cls(acc_sum=f, acc_n=i, rej_sum=f, rej_n=i, ent_sum=f, ent_n=i)
+
+    @property
+    def t_g(self) -> jax.Array:
+        """Generation threshold: mean entropy of rejected tokens, +inf while there are none."""
+        return jnp.where(self.ent_n > 0, self.ent_sum / jnp.maximum(self.ent_n, 1), jnp.inf)
+
+    @property
+    def t_v(self) -> jax.Array:
+        """Verification threshold: midpoint of the accepted and rejected mean JS distances, else 0."""
+        both = (self.acc_n > 0) & (self.rej_n > 0)
+        mid = 0.5 * (self.acc_sum / jnp.maximum(self.acc_n, 1) + self.rej_sum / jnp.maximum(self.rej_n, 1))
+        return jnp.where(both, mid, 0.0)
+
+    def __add__(self, other: "ThresholdState") -> "ThresholdState":
+        return jax.tree.map(jnp.add, self, other)
+
+
+@struct.dataclass
+class MethodState:
+    """Everything a policy adapts online. Every method carries all fields; each uses its own."""
+
+    thresholds: ThresholdState  # adasd
+    draft_len: jax.Array  # i32 [B]: dynamic's current K
+    edl_lambda: jax.Array  # f32 [B]: AdaEDL's stopping threshold
+    edl_rate: jax.Array  # f32 [B]: AdaEDL's smoothed acceptance rate
+
+
+@struct.dataclass
+class Metrics:
+    """Per-row counters, all i32 [B]."""
+
+    new_tokens: jax.Array
+    rounds: jax.Array  # target verification calls (the prefill is one more target call)
+    drafted: jax.Array  # proposals sent to verification
+    accepted: jax.Array  # proposals emitted (strict or lossy)
+    strict: jax.Array  # proposals the target itself accepted
+    lossy: jax.Array  # proposals accepted only by the JS threshold (adasd) or by tau (fsd)
+    declined: jax.Array  # rounds in which the entropy rule stopped drafting
+    nan: jax.Array  # 1 if NaN logits were met (the row stops without emitting them)
+
+    @classmethod
+    def zeros(cls, batch: int) -> "Metrics":
+        z = jnp.zeros((batch,), jnp.int32)
+        return cls(*(z,) * 8)
+
+
+@struct.dataclass
+class Trace:
+    """Optional per-round record for plots; rows beyond `rounds` are zero."""
+
+    draft_len: jax.Array  # i32 [R, B]
+    accepted: jax.Array  # i32 [R, B]
+    entropy: jax.Array  # f32 [R, B, K+1]: H(q_i) for i = 1..n+1
+    js: jax.Array  # f32 [R, B, K+1]: d(p_i, q_i)
+    t_g: jax.Array  # f32 [R, B]: thresholds in force during the round
+    t_v: jax.Array  # f32 [R, B]
+
+
+@struct.dataclass
+class LoopState:
+    """The whole generation state; one `round_step` maps it to the next."""
+
+    target_cache: KVCache  # holds every committed token except `last`
+    draft_cache: KVCache  # holds every committed token except `pending`
+    last: jax.Array  # i32 [B]: newest committed token (the next verification's first input)
+    pending: jax.Array  # i32 [B, 2]: committed tokens the draft has not consumed yet (1 or 2)
+    n_pending: jax.Array  # i32 [B]
+    out: jax.Array  # i32 [B, O]: emitted tokens
+    done: jax.Array  # bool [B]
+    method: MethodState
+    metrics: Metrics
+    key: jax.Array  # PRNG key
+    step: jax.Array  # i32: rounds run so far
+    trace: Trace | None = None

@@ -1,0 +1,182 @@
+"""The jitted loop: losslessness, batching, switches, determinism, compilation, bad input."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import adasd_jax
+from adasd_jax import Method
+from adasd_jax.engine import Model, Pair
+from conftest import make_tiny_pair
+
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def ar_ref(tiny_pair, prompts):
+    return adasd_jax.generate(tiny_pair, prompts, method="ar", max_new_tokens=MAX_NEW)
+
+
+@pytest.mark.parametrize("method", ["sd:K=1", "sd:K=3", "sd:K=8", "dynamic", "adaedl"])
+def test_lossless_methods_equal_ar_greedy(tiny_pair, prompts, ar_ref, method):
+    out = adasd_jax.generate(tiny_pair, prompts, method=method, max_new_tokens=MAX_NEW)
+    assert out.tokens == ar_ref.tokens
+    assert all(len(t) == MAX_NEW for t in out.tokens)  # exactly max_new_tokens, no overshoot
+    m = out.metrics
+    assert m["lossy"].sum() == 0 and (m["strict"] >= m["accepted"]).all()
+    if method != "adaedl":  # both paths are exercised
+        assert 0 < m["accepted"].sum() < m["drafted"].sum()
+
+
+def test_lossless_up_to_eos(prompts):
+    """Stop on EOS exactly where the target stops, rows finishing independently."""
+    base = make_tiny_pair()
+    ref = adasd_jax.generate(base, prompts, method="ar", max_new_tokens=MAX_NEW)
+    eos = ref.tokens[0][9]  # a token row 0 emits mid-way
+    pair = make_tiny_pair(eos=(eos,))
+    ar = adasd_jax.generate(pair, prompts, method="ar", max_new_tokens=MAX_NEW)
+    assert len(ar.tokens[0]) == ref.tokens[0].index(eos) + 1 and ar.tokens[0][-1] == eos
+    for method in ("sd:K=4", "dynamic"):
+        assert adasd_jax.generate(pair, prompts, method=method, max_new_tokens=MAX_NEW).tokens == ar.tokens
+
+
+def test_adasd_with_thresholds_off_is_sd_kmax(tiny_pair, prompts):
+    """T_V forced to 0 and T_G to +inf: AdaSD is vanilla SD with K = K_max (greedy and sampled)."""
+    off = Method("adasd", k_max=6, entropy_stop=False, js_accept=False)
+    sd = Method("sd", k=6, k_max=6)
+    for temperature in (0.0, 1.0):
+        a = adasd_jax.generate(tiny_pair, prompts, method=off, max_new_tokens=MAX_NEW, temperature=temperature, seed=3)
+        b = adasd_jax.generate(tiny_pair, prompts, method=sd, max_new_tokens=MAX_NEW, temperature=temperature, seed=3)
+        assert a.tokens == b.tokens
+        for k in ("rounds", "drafted", "accepted"):
+            np.testing.assert_array_equal(a.metrics[k], b.metrics[k])
+
+
+@pytest.mark.parametrize("method", ["ar", "sd:K=4", "dynamic", "adaedl", "fsd:tau=0.3", "adasd:per_row=1"])
+def test_batch_equals_each_row_alone(tiny_pair, prompts, method):
+    batched = adasd_jax.generate(tiny_pair, prompts, method=method, max_new_tokens=MAX_NEW, reset_state=True)
+    for b, p in enumerate(prompts):
+        alone = adasd_jax.generate(tiny_pair, [p], method=method, max_new_tokens=MAX_NEW, reset_state=True)
+        assert alone.tokens[0] == batched.tokens[b]
+        for k in ("rounds", "drafted", "accepted", "lossy"):
+            assert alone.metrics[k][0] == batched.metrics[k][b], k
+
+
+def test_adasd_fires_both_thresholds(tiny_pair, prompts):
+    out = adasd_jax.generate(tiny_pair, prompts * 2, method="adasd", max_new_tokens=48, reset_state=True, trace=True)
+    m = out.metrics
+    assert m["declined"].sum() > 0, "the entropy threshold never stopped drafting"
+    assert m["lossy"].sum() > 0, "the JS threshold never accepted a mismatch"
+    assert np.isfinite(m["t_g"]).all() and (m["t_v"] > 0).all()
+    tr = out.trace
+    assert tr.draft_len.shape == (48, 6) and (tr.draft_len.sum(0) == m["drafted"]).all()
+    assert (tr.accepted.sum(0) == m["accepted"]).all()
+
+
+def test_pooled_state_is_row_order_free(tiny_pair, prompts):
+    a = adasd_jax.generate(tiny_pair, prompts, method="adasd", max_new_tokens=MAX_NEW, reset_state=True)
+    b = adasd_jax.generate(tiny_pair, prompts[::-1], method="adasd", max_new_tokens=MAX_NEW, reset_state=True)
+    assert a.tokens == b.tokens[::-1]
+    for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
+
+
+def test_state_is_explicit_and_carried(tiny_pair, prompts):
+    first = adasd_jax.generate(tiny_pair, prompts, method="adasd", max_new_tokens=MAX_NEW, reset_state=True)
+    assert int(first.state.acc_n + first.state.rej_n) > 0
+    carried = adasd_jax.generate(tiny_pair, prompts, method="adasd", max_new_tokens=MAX_NEW)  # pair carries it
+    explicit = adasd_jax.generate(tiny_pair, prompts, method="adasd", max_new_tokens=MAX_NEW, state=first.state)
+    assert carried.tokens == explicit.tokens
+    assert int(carried.state.acc_n) > int(first.state.acc_n)  # statistics accumulate across calls
+    fresh = adasd_jax.generate(tiny_pair, prompts, method="adasd", max_new_tokens=MAX_NEW, reset_state=True)
+    assert fresh.tokens == first.tokens
+
+
+def test_same_key_same_output_sampling(tiny_pair, prompts):
+    kw = dict(method="adasd", max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.9, reset_state=True)
+    a = adasd_jax.generate(tiny_pair, prompts, seed=7, **kw)
+    b = adasd_jax.generate(tiny_pair, prompts, seed=7, **kw)
+    c = adasd_jax.generate(tiny_pair, prompts, seed=8, **kw)
+    assert a.tokens == b.tokens and a.tokens != c.tokens
+
+
+def test_second_length_in_bucket_compiles_nothing(tiny_pair):
+    from jax import monitoring
+
+    events = []
+    monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: events.append(name) if name.endswith("backend_compile_duration") else None)
+    adasd_jax.generate(tiny_pair, [[5, 6, 7, 8, 9]], method="sd:K=3", max_new_tokens=8)
+    compiled = len(events)
+    out = adasd_jax.generate(tiny_pair, [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]], method="sd:K=3", max_new_tokens=8)
+    assert len(events) == compiled, "a new prompt length in the same bucket recompiled"
+    assert out.compile_s == 0.0
+    adasd_jax.generate(tiny_pair, [list(range(3, 30))], method="sd:K=3", max_new_tokens=8)  # next bucket
+    assert len(events) > compiled
+
+
+def test_sampled_sd_follows_target_distribution():
+    """Lossless speculative sampling: the second and third tokens' marginals equal the target's exactly."""
+    import jax.numpy as jnp
+
+    import models
+    from adasd_jax.divergence import Sampling, transform
+
+    pair = make_tiny_pair(vocab=8, eos=(), layer_scale=0.3, draft_layers=1, seed=1)
+    s = Sampling(temperature=0.9, top_k=6)
+    prompt = [3, 5, 1]
+    n = 6000
+    out = adasd_jax.generate(pair, [prompt] * n, method="sd:K=3", max_new_tokens=3, temperature=s.temperature,
+                             top_k=s.top_k, seed=0)
+    toks = np.asarray(out.tokens)
+    # exact target marginals by enumeration over the first two tokens
+    c, pt = pair.target.config, pair.target.params
+
+    def dist(seq):
+        cache = models.init_cache(c, 1, 16)
+        logits, _ = models.forward(pt, c, jnp.asarray([seq]), cache)
+        return np.exp(np.asarray(transform(logits[0, -1], s), np.float64))
+
+    p1 = dist(prompt)
+    p2 = sum(p1[a] * dist(prompt + [a]) for a in range(8))
+    p3 = sum(p1[a] * dist(prompt + [a])[b] * dist(prompt + [a, b]) for a in range(8) for b in range(8))
+    assert out.metrics["accepted"].sum() < out.metrics["drafted"].sum()  # rejections (residual path) happen
+    for pos, p in ((1, p2), (2, p3)):
+        emp = np.bincount(toks[:, pos], minlength=8) / n
+        assert 0.5 * np.abs(emp - p).sum() < 0.03, (pos, emp, p)
+
+
+def test_bad_inputs(tiny_pair, prompts):
+    with pytest.raises(ValueError, match="unknown method 'medusa'"):
+        adasd_jax.generate(tiny_pair, prompts, method="medusa")
+    with pytest.raises(ValueError, match="bad method option"):
+        adasd_jax.generate(tiny_pair, prompts, method="sd:Q=3")
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        adasd_jax.generate(tiny_pair, [[4, 5], []], method="sd")
+    with pytest.raises(ValueError, match="exceeds the models' context"):
+        adasd_jax.generate(tiny_pair, prompts, method="sd", max_new_tokens=2000)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        adasd_jax.generate(tiny_pair, [[4, 500]], method="sd")
+    with pytest.raises(ValueError, match="needs a draft"):
+        adasd_jax.generate(dataclasses.replace(tiny_pair, draft=None), prompts, method="adasd")
+
+
+def test_nan_logits_are_reported_not_emitted(tiny_pair, prompts):
+    params = dict(tiny_pair.target.params)
+    params["final_norm"] = params["final_norm"].at[0].set(np.nan)
+    bad = dataclasses.replace(tiny_pair, target=Model(tiny_pair.target.config, params, "nan"), states={},
+                              compiled={})
+    with pytest.raises(adasd_jax.NaNLogitsError, match=r"NaN logits in rows \[0, 1, 2\]") as e:
+        adasd_jax.generate(bad, prompts, method="sd", max_new_tokens=8)
+    assert all(t == [] for t in e.value.output.tokens)
+
+
+def test_vocabulary_mismatch_is_refused(hf_models, tmp_path):
+    from conftest import make_hf_model
+
+    bigger = make_hf_model(tmp_path / "big", "llama", vocab_size=128)
+    with pytest.raises(ValueError, match="vocabulary"):
+        adasd_jax.load_pair(draft=bigger, target=hf_models["llama"])
