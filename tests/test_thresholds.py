@@ -1,0 +1,129 @@
+"""AdaSD's threshold arithmetic against a plain-numpy reading of the spec, round by round."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+import models
+from adasd_jax import Method, policies
+from adasd_jax.loop import LoopConfig, accept_row
+from adasd_jax.state import ThresholdState
+
+K, V = 6, 40
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def reference_round(p_logits, q_logits, props, n, declined, t_v, stats_on, count_declined):
+    """Spec steps 2-4 for one row, greedy: returns (accepted prefix, emitted, A, R, E)."""
+    p, q = softmax(p_logits.astype(np.float64)), softmax(q_logits.astype(np.float64))
+    d = [jensenshannon(p[i], q[i], base=2) for i in range(K + 1)]
+    H = [-(q[i] * np.log(q[i])).sum() for i in range(K + 1)]
+    A, R, E = [], [], []
+
+    def record(i, strict, final):
+        good = strict if stats_on == "strict" else final
+        (A if good else R).append(d[i])
+        if not good:
+            E.append(H[i])
+
+    a = n
+    for i in range(n):
+        strict = props[i] == p[i].argmax()
+        final = strict or d[i] < t_v
+        record(i, strict, final)
+        if not final:
+            a = i
+            break
+    if declined and count_declined and a == n:
+        x = q[n].argmax()
+        strict = x == p[n].argmax()
+        record(n, strict, strict or d[n] < t_v)
+    emitted = list(props[:a]) + [int(p[a].argmax())]
+    return a, emitted, A, R, E
+
+
+def random_round(rng):
+    p_logits = rng.normal(size=(K + 1, V)) * 3
+    q_logits = p_logits + rng.normal(size=(K + 1, V)) * rng.choice([0.3, 1.0, 3.0])
+    props = q_logits[:K].argmax(-1)
+    n = int(rng.integers(0, K + 1))
+    declined = bool(rng.random() < 0.5) and n < K
+    return p_logits.astype(np.float32), q_logits.astype(np.float32), props.astype(np.int32), n, declined
+
+
+@pytest.mark.parametrize("stats_on", ["strict", "final"])
+@pytest.mark.parametrize("count_declined", [True, False])
+def test_round_statistics_match_reference(stats_on, count_declined):
+    m = Method("adasd", k_max=K, stats_on=stats_on, count_declined=count_declined)
+    c = models.Config(model_type="llama", vocab_size=V, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+                      head_dim=8, intermediate_size=8)
+    lc = LoopConfig(target=c, draft=c, method=m, vocab=V)
+    row = jax.jit(functools.partial(accept_row, lc))
+    rng = np.random.default_rng(0)
+    state = ThresholdState.init()
+    sums = dict(A=[], R=[], E=[])
+    seen_lossy = seen_reject = 0
+    for _ in range(60):
+        p_l, q_l, props, n, declined = random_round(rng)
+        t_v = float(np.asarray(state.t_v))
+        emitted, a, contrib, info = row(p_l, q_l, props, n, declined, t_v, jax.random.key(0))
+        ra, remitted, A, R, E = reference_round(p_l, q_l, props, n, declined, t_v, stats_on, count_declined)
+        assert int(a) == ra
+        assert list(np.asarray(emitted)[: ra + 1]) == remitted
+        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.ent_sum], [sum(A), sum(R), sum(E)],
+                                   atol=1e-4)
+        assert (int(contrib.acc_n), int(contrib.rej_n), int(contrib.ent_n)) == (len(A), len(R), len(E))
+        state = policies.add_contributions(m, state, jax.tree.map(lambda x: x[None], contrib), jnp.ones((1,), bool))
+        for k, v in zip("ARE", (A, R, E)):
+            sums[k] += v
+        seen_lossy += int(info["lossy"])
+        seen_reject += ra < n
+        # thresholds after the round: exactly the spec's formulas over everything seen so far
+        want_tg = np.mean(sums["E"]) if sums["E"] else np.inf
+        want_tv = (np.mean(sums["A"]) + np.mean(sums["R"])) / 2 if sums["A"] and sums["R"] else 0.0
+        np.testing.assert_allclose(float(state.t_g), want_tg, rtol=1e-5)
+        np.testing.assert_allclose(float(state.t_v), want_tv, rtol=1e-5, atol=1e-7)
+    assert seen_lossy > 0 and seen_reject > 0  # both lossy acceptance and rejection were exercised
+
+
+def test_pooled_statistics_are_the_sum_of_rows():
+    rng = np.random.default_rng(1)
+    rows = ThresholdState(acc_sum=jnp.asarray(rng.random(4), jnp.float32), acc_n=jnp.asarray([1, 2, 0, 3]),
+                          rej_sum=jnp.asarray(rng.random(4), jnp.float32), rej_n=jnp.asarray([0, 1, 1, 2]),
+                          ent_sum=jnp.asarray(rng.random(4), jnp.float32), ent_n=jnp.asarray([0, 1, 1, 2]))
+    live = jnp.asarray([True, True, False, True])
+    pooled = policies.add_contributions(Method("adasd"), ThresholdState.init(), rows, live)
+    per_row = policies.add_contributions(Method("adasd", per_row=True), ThresholdState.init((4,)), rows, live)
+    for p, r, x in zip(jax.tree.leaves(pooled), jax.tree.leaves(per_row), jax.tree.leaves(rows)):
+        np.testing.assert_allclose(p, np.where(live, x, 0).sum(), rtol=1e-6)
+        np.testing.assert_allclose(r, np.where(live, x, 0), rtol=1e-6)
+
+
+def test_empty_state_thresholds():
+    s = ThresholdState.init()
+    assert float(s.t_g) == np.inf and float(s.t_v) == 0.0
+    s = s.replace(acc_sum=jnp.float32(0.2), acc_n=jnp.int32(2))
+    assert float(s.t_v) == 0.0  # rejected set still empty: lossy acceptance stays off
+
+
+def test_adaedl_and_dynamic_updates():
+    m = Method("dynamic", k_max=8)
+    s = policies.init_state(m, 3)
+    s = policies.update(m, s, None, jnp.asarray([5, 5, 5]), jnp.asarray([5, 2, 0]), jnp.asarray([True, True, False]))
+    assert list(np.asarray(s.draft_len)) == [7, 4, 5]
+    m = Method("adaedl")
+    s = policies.init_state(m, 2)
+    s = policies.update(m, s, None, jnp.asarray([4, 4]), jnp.asarray([0, 4]), jnp.asarray([True, True]))
+    rate = 0.5 * 0.9 + 0.5 * np.asarray([0.0, 1.0])
+    lam = np.clip(0.9 * 0.5 + 0.1 * np.where(rate < 0.9, 0.51, 0.49), 0, 1)
+    np.testing.assert_allclose(s.edl_rate, rate, rtol=1e-6)
+    np.testing.assert_allclose(s.edl_lambda, lam, rtol=1e-6)
