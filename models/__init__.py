@@ -21,7 +21,7 @@ from models.load.convert import CheckpointError
 from models.transformer import ParamSpec, check_params, forward, init_params, param_axes, param_specs
 
 __all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
-           "check_params", "forward", "init_cache", "init_params", "load", "load_tokenizer", "param_axes",
+           "check_params", "first_layers", "forward", "init_cache", "init_params", "load", "load_tokenizer", "param_axes",
            "param_specs", "parse_dtype", "save", "source_kind"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -125,6 +125,16 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
             warnings.simplefilter("ignore")
             tok = load_tokenizer(path, kind)
     return c, params, tok
+
+
+def first_layers(config: Config, params, n: int):
+    """A self-speculative draft: the embedding, the first n layers, the final norm and the head."""
+    import dataclasses
+
+    if not 1 <= n <= config.num_layers:
+        raise ValueError(f"layers:{n} is out of range: the model has {config.num_layers} layers")
+    sub = dict(params, layers=jax.tree.map(lambda x: x[:n], params["layers"]))
+    return dataclasses.replace(config, num_layers=n), sub
 
 
 def save(path: str | Path, config: Config, params, tokenizer=None, source: str | None = None) -> Path:

@@ -115,3 +115,11 @@ def prompts():
 
     rng = np.random.default_rng(0)
     return [rng.integers(3, 96, n).tolist() for n in (5, 11, 8)]
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    """(config, float32 params, tokenizer) of the real SmolLM2, loaded once per session."""
+    import models
+
+    return models.load(smollm2_gguf, "float32")

@@ -180,3 +180,22 @@ def test_vocabulary_mismatch_is_refused(hf_models, tmp_path):
     bigger = make_hf_model(tmp_path / "big", "llama", vocab_size=128)
     with pytest.raises(ValueError, match="vocabulary"):
         adasd_jax.load_pair(draft=bigger, target=hf_models["llama"])
+
+
+def test_real_weights_sd_and_adasd(smollm2):
+    """Real SmolLM2-135M with a self-speculative draft (its first 20 layers): chat prompts, greedy SD == AR."""
+    import models
+
+    c, params, tok = smollm2
+    dc, dp = models.first_layers(c, params, 20)
+    pair = Pair(target=Model(c, params, "smollm2"), draft=Model(dc, dp, "layers:20"), tokenizer=tok,
+                vocab=c.vocab_size)
+    qs = ["What is 12 times 7?", "Name a prime number larger than 10."]
+    ar = adasd_jax.generate(pair, qs, method="ar", max_new_tokens=12)
+    sd = adasd_jax.generate(pair, qs, method="sd:K=3", max_new_tokens=12)
+    assert sd.tokens == ar.tokens and sd.texts == ar.texts
+    assert sd.metrics["accepted"].sum() > 0 and all(t.strip() for t in ar.texts)
+    ada = adasd_jax.generate(pair, qs, method="adasd", max_new_tokens=12)
+    m = ada.metrics
+    assert [t[0] for t in ada.tokens] == [t[0] for t in ar.tokens]  # the prefill's token is the target's
+    np.testing.assert_array_equal(m["accepted"], m["strict"] + m["lossy"])

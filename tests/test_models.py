@@ -117,11 +117,11 @@ def test_logits_index_selects_one_position(hf_models):
     np.testing.assert_allclose(one[:, 0], np.asarray(full)[[0, 1], [3, 9]], atol=1e-6)
 
 
-def test_real_smollm2_matches_transformers(smollm2_gguf):
+def test_real_smollm2_matches_transformers(smollm2_gguf, smollm2):
     """The real 135M GGUF: same top-1 at every position of a 64-token text, |dlogit| < 1e-3."""
     from transformers import AutoModelForCausalLM
 
-    c, params, tok = models.load(smollm2_gguf, "float32")
+    c, params, tok = smollm2
     assert (c.model_type, c.num_layers, c.hidden_size, c.vocab_size) == ("llama", 30, 576, 49152)
     text = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May. "

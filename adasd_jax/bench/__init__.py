@@ -1,0 +1,1 @@
+"""Benchmarks: datasets, the interleaved runner, peers, reports, roofline."""
