@@ -187,11 +187,8 @@ def _state_key(m: Method) -> str:
     return repr(m)
 
 
-def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
-             state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
-             batch_size: int | None = None, trace: bool = False) -> Output:
-    """Generate for a list of prompts (strings or token-id lists). See the module docstring."""
+def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace):
+    """Validate the request; return the static loop configuration and the tokenized prompts."""
     m = Method.parse(method) if isinstance(method, str) else method
     if m.uses_draft and pair.draft is None:
         raise ValueError(f"method {m.name!r} needs a draft model; load the pair with draft=...")
@@ -208,49 +205,44 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
     if longest + max_new_tokens + lc.k + 1 > limit:
         raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) + draft buffer ({lc.k + 1}) "
                          f"exceeds the models' context ({limit} positions): lower max_new_tokens or shorten the prompt")
-    bs = batch_size or len(ids)
-    thresholds = state if state is not None else (None if reset_state else pair.states.get(_state_key(m)))
-    key = jax.random.key(seed)
-    tokens, rows, traces, compile_s, run_s = [], [], [], 0.0, 0.0
-    for start in range(0, len(ids), bs):
-        chunk = ids[start:start + bs]
-        B, P = len(chunk), bucket(max(map(len, chunk)))
-        max_len = P + max_new_tokens + lc.k + 2
-        compiled, c_s = _compiled(pair, lc, B, P, max_len)
-        compile_s += c_s
-        prompt = np.zeros((B, P), np.int32)
-        for b, p in enumerate(chunk):
-            prompt[b, :len(p)] = p
-        if thresholds is not None and m.per_row and thresholds.acc_n.shape != (B,):
-            if state is not None:
-                raise ValueError(f"per_row threshold state has shape {thresholds.acc_n.shape}, batch is {B}")
-            thresholds = None  # a carried per-row state from a different batch: start fresh
-        mstate = loop.init_method_state(m, B, thresholds)
-        key, sub = jax.random.split(key)
-        draft_params = pair.draft.params if m.uses_draft else None
-        t = time.perf_counter()
-        s = compiled(pair.target.params, draft_params, jnp.asarray(prompt),
-                     jnp.asarray([len(p) for p in chunk], jnp.int32), mstate, sub)
-        s = jax.block_until_ready(s)
-        run_s += time.perf_counter() - t
-        thresholds = s.method.thresholds
-        out, mt = np.asarray(s.out), jax.tree.map(np.asarray, s.metrics)
-        for b in range(B):
-            tokens.append(out[b, :mt.new_tokens[b]].tolist())
-        row = {f.name: getattr(mt, f.name) for f in dataclasses.fields(mt)}
-        row["t_g"] = np.broadcast_to(np.asarray(thresholds.t_g), (B,)).astype(np.float32)
-        row["t_v"] = np.broadcast_to(np.asarray(thresholds.t_v), (B,)).astype(np.float32)
-        rows.append(row)
-        if trace:
-            traces.append(jax.tree.map(np.asarray, s.trace))
+    return lc, ids
+
+
+def _pad(chunk: list[list[int]], lc: loop.LoopConfig):
+    """Right-pad prompts into their length bucket; returns (prompts [B,P], lengths [B], cache length)."""
+    P = bucket(max(map(len, chunk)))
+    prompt = np.zeros((len(chunk), P), np.int32)
+    for b, p in enumerate(chunk):
+        prompt[b, :len(p)] = p
+    return jnp.asarray(prompt), jnp.asarray([len(p) for p in chunk], jnp.int32), P + lc.max_new_tokens + lc.k + 2
+
+
+def _initial_thresholds(pair, m, given, reset_state, batch, explicit):
+    """The state a call starts from: given, else carried by the pair (unless reset), else fresh (None)."""
+    thresholds = given if given is not None else (None if reset_state else pair.states.get(_state_key(m)))
+    if thresholds is not None and m.per_row and thresholds.acc_n.shape != (batch,):
+        if explicit:
+            raise ValueError(f"per_row threshold state has shape {thresholds.acc_n.shape}, batch is {batch}")
+        return None  # a carried per-row state from a different batch: start fresh
+    return thresholds
+
+
+def _row_metrics(s) -> dict[str, np.ndarray]:
+    mt = jax.tree.map(np.asarray, s.metrics)
+    row = {f.name: getattr(mt, f.name) for f in dataclasses.fields(mt)}
+    B = len(row["new_tokens"])
+    row["t_g"] = np.broadcast_to(np.asarray(s.method.thresholds.t_g), (B,)).astype(np.float32)
+    row["t_v"] = np.broadcast_to(np.asarray(s.method.thresholds.t_v), (B,)).astype(np.float32)
+    return row
+
+
+def _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s) -> Output:
     pair.states[_state_key(m)] = thresholds
     metrics = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     texts = None
     if pair.tokenizer is not None:
         texts = [pair.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-    tr = None
-    if trace:
-        tr = jax.tree.map(lambda *x: np.concatenate(x, axis=1), *traces)
+    tr = jax.tree.map(lambda *x: np.concatenate(x, axis=1), *traces) if traces else None
     result = Output(texts=texts, tokens=tokens, metrics=metrics, state=thresholds, trace=tr, compile_s=compile_s,
                     run_s=run_s)
     if metrics["nan"].any():
@@ -258,3 +250,89 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
         raise NaNLogitsError(f"NaN logits in rows {rows_bad}: those rows stopped before emitting them "
                              "(try dtype='float32'; the partial output is on this exception's .output)", result)
     return result
+
+
+def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
+             state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
+             batch_size: int | None = None, trace: bool = False) -> Output:
+    """Generate for a list of prompts (strings or token-id lists). See the module docstring."""
+    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace)
+    m = lc.method
+    bs = batch_size or len(ids)
+    thresholds = state
+    key = jax.random.key(seed)
+    tokens, rows, traces, compile_s, run_s = [], [], [], 0.0, 0.0
+    for start in range(0, len(ids), bs):
+        chunk = ids[start:start + bs]
+        B = len(chunk)
+        prompt, lengths, max_len = _pad(chunk, lc)
+        compiled, c_s = _compiled(pair, lc, B, prompt.shape[1], max_len)
+        compile_s += c_s
+        thresholds = _initial_thresholds(pair, m, thresholds, reset_state, B, start == 0 and state is not None)
+        key, sub = jax.random.split(key)
+        draft_params = pair.draft.params if m.uses_draft else None
+        t = time.perf_counter()
+        s = jax.block_until_ready(compiled(pair.target.params, draft_params, prompt, lengths,
+                                           loop.init_method_state(m, B, thresholds), sub))
+        run_s += time.perf_counter() - t
+        thresholds = s.method.thresholds
+        out, new = np.asarray(s.out), np.asarray(s.metrics.new_tokens)
+        tokens += [out[b, :new[b]].tolist() for b in range(B)]
+        rows.append(_row_metrics(s))
+        if trace:
+            traces.append(jax.tree.map(np.asarray, s.trace))
+    return _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s)
+
+
+class Stream:
+    """Iterate to get text (or token ids without a tokenizer) as rounds complete; `.output` at the end.
+
+    Reuses the jitted prefill and round functions from a Python loop: one host sync per round,
+    which is the price of streaming (`generate` runs the whole loop on the device instead).
+    """
+
+    def __init__(self, pair: Pair, prompt, method="adasd", max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
+                 chat=True, state=None, reset_state=False, seed=0):
+        self.pair = pair
+        self.lc, ids = _setup(pair, [prompt], method, max_new_tokens, temperature, top_k, top_p, chat, False)
+        self.prompt, self.lengths, self.max_len = _pad(ids, self.lc)
+        self.thresholds = _initial_thresholds(pair, self.lc.method, state, reset_state, 1, state is not None)
+        self.seed, self.output = seed, None
+
+    def __iter__(self):
+        pair, lc, m = self.pair, self.lc, self.lc.method
+        key = ("stream", lc, self.prompt.shape[1], self.max_len)
+        t = time.perf_counter()
+        if key not in pair.compiled:
+            pair.compiled[key] = (jax.jit(loop.prefill, static_argnums=(2, 5)), jax.jit(loop.round_step, static_argnums=2),
+                                  jax.jit(loop.running, static_argnums=0))
+        prefill, step, running = pair.compiled[key]
+        pd = pair.draft.params if m.uses_draft else None
+        s = prefill(pair.target.params, pd, lc, self.prompt, self.lengths, self.max_len,
+                    loop.init_method_state(m, 1, self.thresholds), jax.random.key(self.seed))
+        shown, text = 0, ""
+        while True:
+            n = int(s.metrics.new_tokens[0])  # host sync: once per round, outside any jitted loop
+            if n > shown:
+                new = np.asarray(s.out[0, :n]).tolist()
+                if pair.tokenizer is None:
+                    yield new[shown:]
+                else:
+                    full = pair.tokenizer.decode(new, skip_special_tokens=True)
+                    yield full[len(text):]
+                    text = full
+                shown = n
+            if not bool(running(lc, s)):
+                break
+            s = step(pair.target.params, pd, lc, s)
+        elapsed = time.perf_counter() - t  # includes compilation on a first call
+        self.output = _finish(pair, m, [np.asarray(s.out[0, :shown]).tolist()], [_row_metrics(s)],
+                              s.method.thresholds, [], 0.0, elapsed)
+
+
+def stream(pair: Pair, prompt, **kw) -> Stream:
+    return Stream(pair, prompt, **kw)
+
+
+

@@ -94,13 +94,13 @@ def _merge_generation_eos(c: Config, directory: Path) -> Config:
 def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=None):
     """Load a model from a GGUF file, a Hugging Face directory or hub id, or an `adasd convert` directory.
 
-    Returns (config, params, tokenizer); params are jax arrays of `dtype` (placed with `shardings`, a
+    Returns (config, params, tokenizer); params are jax arrays of `dtype` (None: as stored; placed with `shardings`, a
     tree matching `param_specs(config)`, when given); tokenizer is None when asked not to load it or
     when the source has none.
     """
     from models.load import gguf, hub, orbax_io, safetensors
 
-    d = parse_dtype(dtype)
+    d = None if dtype is None else parse_dtype(dtype)  # None: as stored (Orbax), else float32
     kind = source_kind(source)
     path = Path(source).expanduser()
     if kind == "hub":
@@ -108,10 +108,11 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     if kind == "orbax":
         c, params = orbax_io.load(path, d, shardings)
     else:
+        nd = _numpy_dtype(d if d is not None else jnp.dtype(jnp.float32))
         if kind == "gguf":
-            c, np_params = gguf.load(path, _numpy_dtype(d))
+            c, np_params = gguf.load(path, nd)
         else:
-            c, np_params = safetensors.load(path, _numpy_dtype(d))
+            c, np_params = safetensors.load(path, nd)
             c = _merge_generation_eos(c, path)
         check_params(np_params, c)
         if shardings is None:

