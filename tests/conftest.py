@@ -123,3 +123,47 @@ def smollm2(smollm2_gguf):
     import models
 
     return models.load(smollm2_gguf, "float32")
+
+
+def make_tokenizer(vocab: int = 96):
+    """A word-level tokenizer over 'w3'..'w{vocab-1}' with <s>=1, </s>=2 and a one-line chat template."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tm
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab)}}
+    t = Tokenizer(tm.WordLevel(words, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.decoder = decoders.WordPiece(prefix="##")
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    return tok
+
+
+def make_hf_pair(root, layer_scale: float = 0.08, seed: int = 0):
+    """The correlated tiny pair as Hugging Face directories with a tokenizer: (draft_dir, target_dir)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = dict(TINY, num_hidden_layers=4, vocab_size=96, max_position_embeddings=1024, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    target = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **kw), dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in target.named_parameters():
+            big = "embed" in name or "lm_head" in name
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * (1.0 if big else layer_scale))
+    tok = make_tokenizer()
+    target.save_pretrained(str(root / "target"))
+    tok.save_pretrained(str(root / "target"))
+    draft = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **{**kw, "num_hidden_layers": 2}),
+                                             dtype=torch.float32).eval()
+    draft.load_state_dict({k: v for k, v in target.state_dict().items() if not k.startswith("model.layers.")
+                           or int(k.split(".")[2]) < 2})
+    draft.save_pretrained(str(root / "draft"))
+    tok.save_pretrained(str(root / "draft"))
+    return root / "draft", root / "target"
+
+
+@pytest.fixture(scope="session")
+def hf_pair(tmp_path_factory):
+    return make_hf_pair(tmp_path_factory.mktemp("pair"))
