@@ -134,7 +134,7 @@ def first_layers(config: Config, params, n: int):
 
     if not 1 <= n <= config.num_layers:
         raise ValueError(f"layers:{n} is out of range: the model has {config.num_layers} layers")
-    sub = dict(params, layers=jax.tree.map(lambda x: x[:n], params["layers"]))
+    sub = dict(params, layers=list(params["layers"][:n]))
     return dataclasses.replace(config, num_layers=n), sub
 
 

@@ -7,18 +7,18 @@ from flax import struct
 
 from models.config import Config
 
-CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
+CACHE_AXES = ("batch", "seq", "kv_heads", "head_dim")  # of each layer's k and v
 
 
 @struct.dataclass
 class KVCache:
-    k: jax.Array  # [L, B, S, K, hd]
-    v: jax.Array  # [L, B, S, K, hd]
+    k: tuple[jax.Array, ...]  # L arrays [B, S, K, hd] (one per layer: no slicing of a stacked cache)
+    v: tuple[jax.Array, ...]
     lengths: jax.Array  # int32 [B]: valid prefix of each row; rolling back a row is lowering it
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1]
 
     def with_lengths(self, lengths: jax.Array) -> "KVCache":
         return self.replace(lengths=lengths.astype(jnp.int32))
@@ -26,9 +26,10 @@ class KVCache:
 
 def cache_axes() -> KVCache:
     """Logical axes of each cache field (for sharding)."""
-    return KVCache(k=CACHE_AXES, v=CACHE_AXES, lengths=("batch",))
+    return KVCache(k=(CACHE_AXES,), v=(CACHE_AXES,), lengths=("batch",))
 
 
 def init_cache(c: Config, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), lengths=jnp.zeros((batch,), jnp.int32))
+    shape = (batch, max_len, c.num_kv_heads, c.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers))
+    return KVCache(k=zeros(), v=zeros(), lengths=jnp.zeros((batch,), jnp.int32))

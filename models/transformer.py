@@ -2,8 +2,12 @@
 
 `forward(params, config, tokens[B,T], cache) -> (logits[B,T,V], cache)` serves prefill, one-token
 decode and multi-token verification alike: row b writes its T new entries at its own position
-`cache.lengths[b]` and attends causally to its own valid prefix. Layers are stacked on a leading
-axis and run with `lax.scan`, so compile time does not grow with depth.
+`cache.lengths[b]` and attends causally to its own valid prefix.
+
+Layout, chosen by measurement on XLA:CPU (see adasd_jax/bench/roofline.py): each layer is its own
+parameter tree (slicing a stacked [L, ...] array inside a scan copies the weights every call), and
+matrices keep Hugging Face's [out, in] orientation, multiplied as `W @ x^T`, the form whose bf16 and
+f32 kernels stream weights fastest. Layers are unrolled: depth costs compile time, not run time.
 """
 from __future__ import annotations
 
@@ -29,32 +33,35 @@ class ParamSpec:
     init: str = "normal"  # normal | ones
 
 
-def param_specs(c: Config) -> Params:
-    """The one description of a parameter tree: drives init, loading checks, casting and sharding."""
-    L, D, H, K, hd, F, V = (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                            c.intermediate_size, c.vocab_size)
-    layers = {
-        "attn_norm": ParamSpec((L, D), ("layers", "embed"), "ones"),
-        "wq": ParamSpec((L, D, H, hd), ("layers", "embed", "q_heads", "head_dim")),
-        "wk": ParamSpec((L, D, K, hd), ("layers", "embed", "kv_heads", "head_dim")),
-        "wv": ParamSpec((L, D, K, hd), ("layers", "embed", "kv_heads", "head_dim")),
-        "wo": ParamSpec((L, H, hd, D), ("layers", "q_heads", "head_dim", "embed")),
-        "mlp_norm": ParamSpec((L, D), ("layers", "embed"), "ones"),
-        "w_gate": ParamSpec((L, D, F), ("layers", "embed", "ffn")),
-        "w_up": ParamSpec((L, D, F), ("layers", "embed", "ffn")),
-        "w_down": ParamSpec((L, F, D), ("layers", "ffn", "embed")),
+def layer_specs(c: Config) -> Params:
+    """One decoder block's parameters; matrices are [out, in]. A head axis is fused with head_dim."""
+    D, H, K, hd, F = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
+    spec = {
+        "attn_norm": ParamSpec((D,), ("embed",), "ones"),
+        "wq": ParamSpec((H * hd, D), ("q_heads", "embed")),
+        "wk": ParamSpec((K * hd, D), ("kv_heads", "embed")),
+        "wv": ParamSpec((K * hd, D), ("kv_heads", "embed")),
+        "wo": ParamSpec((D, H * hd), ("embed", "q_heads")),
+        "mlp_norm": ParamSpec((D,), ("embed",), "ones"),
+        "w_gate": ParamSpec((F, D), ("ffn", "embed")),
+        "w_up": ParamSpec((F, D), ("ffn", "embed")),
+        "w_down": ParamSpec((D, F), ("embed", "ffn")),
     }
     if c.qkv_bias:
-        layers["bq"] = ParamSpec((L, H, hd), ("layers", "q_heads", "head_dim"), "normal")
-        layers["bk"] = ParamSpec((L, K, hd), ("layers", "kv_heads", "head_dim"), "normal")
-        layers["bv"] = ParamSpec((L, K, hd), ("layers", "kv_heads", "head_dim"), "normal")
+        spec |= {"bq": ParamSpec((H * hd,), ("q_heads",)), "bk": ParamSpec((K * hd,), ("kv_heads",)),
+                 "bv": ParamSpec((K * hd,), ("kv_heads",))}
     if c.qk_norm:
-        layers["q_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), "ones")
-        layers["k_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), "ones")
-    specs = {"embed": ParamSpec((V, D), ("vocab", "embed")), "layers": layers,
-             "final_norm": ParamSpec((D,), ("embed",), "ones")}
+        spec |= {"q_norm": ParamSpec((hd,), ("head_dim",), "ones"), "k_norm": ParamSpec((hd,), ("head_dim",), "ones")}
+    return spec
+
+
+def param_specs(c: Config) -> Params:
+    """The one description of a parameter tree: drives init, loading checks, casting and sharding."""
+    specs = {"embed": ParamSpec((c.vocab_size, c.hidden_size), ("vocab", "embed")),
+             "layers": [layer_specs(c) for _ in range(c.num_layers)],
+             "final_norm": ParamSpec((c.hidden_size,), ("embed",), "ones")}
     if not c.tie_word_embeddings:
-        specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"))
+        specs["lm_head"] = ParamSpec((c.vocab_size, c.hidden_size), ("vocab", "embed"))
     return specs
 
 
@@ -90,15 +97,31 @@ def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+def linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation.
+
+    XLA:CPU runs a one-row 16-bit product on an f32 copy of the whole weight; two rows take the
+    native kernel, so a single 16-bit row is padded to two.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    m = x2.shape[0]
+    if m == 1 and x.dtype.itemsize < 4:
+        x2 = jnp.concatenate([x2, x2], 0)
+    y = jax.lax.dot_general(w, x2, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return y[:, :m].T.astype(x.dtype).reshape(*lead, w.shape[0])
+
+
 def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
     """One decoder block. x: [B,T,D]; k/v_cache: [B,S,K,hd] for this layer; returns new x and caches."""
     B, T, _ = x.shape
     h = rms_norm(x, lp["attn_norm"], c.rms_norm_eps)
-    q = jnp.einsum("btd,dnh->btnh", h, lp["wq"])
-    k = jnp.einsum("btd,dnh->btnh", h, lp["wk"])
-    v = jnp.einsum("btd,dnh->btnh", h, lp["wv"])
+    q, k, v = linear(h, lp["wq"]), linear(h, lp["wk"]), linear(h, lp["wv"])
     if c.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    q = q.reshape(B, T, c.num_heads, c.head_dim)
+    k = k.reshape(B, T, c.num_kv_heads, c.head_dim)
+    v = v.reshape(B, T, c.num_kv_heads, c.head_dim)
     if c.qk_norm:
         q, k = rms_norm(q, lp["q_norm"], c.rms_norm_eps), rms_norm(k, lp["k_norm"], c.rms_norm_eps)
     q, k = rope(q, cos, sin), rope(k, cos, sin)
@@ -112,11 +135,10 @@ def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
     scores = scores * (c.head_dim ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    attn = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache.astype(q.dtype)).reshape(B, T, c.num_heads, c.head_dim)
-    x = x + jnp.einsum("btnh,nhd->btd", attn, lp["wo"])
+    attn = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache.astype(q.dtype)).reshape(B, T, -1)
+    x = x + linear(attn, lp["wo"])
     h = rms_norm(x, lp["mlp_norm"], c.rms_norm_eps)
-    gate = jax.nn.silu(h @ lp["w_gate"])
-    x = x + (gate * (h @ lp["w_up"])) @ lp["w_down"]
+    x = x + linear(jax.nn.silu(linear(h, lp["w_gate"])) * linear(h, lp["w_up"]), lp["w_down"])
     return x, k_cache, v_cache
 
 
@@ -141,20 +163,17 @@ def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
     cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
     mask = jnp.arange(cache.max_len)[None, None, :] <= pos[:, :, None]  # [B,T,S]
     x = params["embed"][tokens]
-
-    def body(x, layer):
-        lp, k_c, v_c = layer
-        x, k_c, v_c = _layer(c, x, lp, k_c, v_c, pos, cos, sin, mask)
-        return x, (k_c, v_c)
-
-    x, (k, v) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
+    ks, vs = [], []
+    for i, lp in enumerate(params["layers"]):
+        x, k_i, v_i = _layer(c, x, lp, cache.k[i], cache.v[i], pos, cos, sin, mask)
+        ks.append(k_i)
+        vs.append(v_i)
     if logits_index is not None:
         x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
     x = rms_norm(x, params["final_norm"], c.rms_norm_eps)
-    head = params["embed"].T if c.tie_word_embeddings else params["lm_head"]
-    logits = (x @ head).astype(jnp.float32)
+    logits = linear(x, params["embed"] if c.tie_word_embeddings else params["lm_head"]).astype(jnp.float32)
     advance = jnp.full((B,), T, jnp.int32) if num_new is None else num_new.astype(jnp.int32)
-    return logits, KVCache(k=k, v=v, lengths=cache.lengths + advance)
+    return logits, KVCache(k=tuple(ks), v=tuple(vs), lengths=cache.lengths + advance)
 
 
 def cast_params(params: Params, dtype) -> Params:

@@ -100,7 +100,7 @@ def make_tiny_pair(vocab: int = 96, eos: tuple[int, ...] = (2,), layer_scale: fl
     pt = models.init_params(c, jax.random.key(seed), scale=layer_scale)
     pt["embed"], pt["lm_head"] = pt["embed"] / layer_scale, pt["lm_head"] / layer_scale
     dc = dataclasses.replace(c, num_layers=draft_layers)
-    pd = dict(pt, layers=jax.tree.map(lambda x: x[:draft_layers], pt["layers"]))
+    pd = dict(pt, layers=list(pt["layers"][:draft_layers]))
     return Pair(target=Model(c, pt, "tiny-target"), draft=Model(dc, pd, "tiny-draft"), tokenizer=None, vocab=vocab)
 
 
