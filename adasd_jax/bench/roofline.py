@@ -11,9 +11,9 @@ bytes one forward reads with the memory bandwidth measured in the same run:
   param bytes = every weight once, lm_head in full, but only the B*T gathered rows of the embedding
                 table (the whole table when it is tied as the head); the KV cache (read in full by
                 attention) is shown apart and not counted;
-  bandwidth   = bytes of W / median time of large (--bw-mib) jitted matvecs, best form per dtype
-                (`W @ x`, and `x @ W` with two rows: XLA:CPU runs one-row bf16 dots on an f32 copy),
-                and for comparison an f32 one and numpy's f32 matvec and copy;
+  bandwidth   = bytes of W / median time of large (--bw-mib) jitted matvecs in several forms
+                (`W @ x`; `x @ W` and `W @ x^T` with two rows, the form models/ uses: XLA:CPU runs
+                one-row bf16 dots on an f32 copy), an f32 one, and numpy's f32 matvec and copy;
   of roof     = param bytes / step time / the best bandwidth measured (the machine's roofline);
   of xla      = the same against the best same-dtype XLA matvec (what XLA:CPU can stream).
 """
@@ -59,8 +59,11 @@ def bandwidth(dtype, mib: int, repeats: int) -> dict[str, float]:
         f32 = jnp.float32
         gemv = jax.jit(lambda w, x: jnp.dot(w, x, preferred_element_type=f32))
         rows2 = jax.jit(lambda w, x: jnp.dot(x, w, preferred_element_type=f32))
+        wx2 = jax.jit(lambda w, x: jax.lax.dot_general(w, x, (((1,), (1,)), ((), ())), preferred_element_type=f32))
+        x2t = jnp.ones((2, k), dt)
         out[f"xla {dt.name} W@x"] = w.nbytes / median_time(lambda: gemv(w, x1), repeats) / 1e9
         out[f"xla {dt.name} x[2]@W"] = w.nbytes / median_time(lambda: rows2(w, x2), repeats) / 1e9
+        out[f"xla {dt.name} W@x[2]^T"] = w.nbytes / median_time(lambda: wx2(w, x2t), repeats) / 1e9
         del w
     a = np.ones((mib * 2**20 // (4 * 4096), 4096), np.float32)
     v, b = np.ones(4096, np.float32), np.empty_like(a)
@@ -82,7 +85,7 @@ def bench_model(name, c, dtype, args, roof, xla_roof) -> list[dict]:
     params = models.init_params(c, jax.random.key(1), dtype)
     cache = models.init_cache(c, args.batch, args.cache_len, dtype)
     cache = cache.with_lengths(jnp.full((args.batch,), args.position, jnp.int32))
-    kv_bytes = cache.k.nbytes + cache.v.nbytes
+    kv_bytes = sum(a.nbytes for a in cache.k + cache.v)
     fwd = jax.jit(models.forward, static_argnums=1)
     rows = []
     for width in args.widths:

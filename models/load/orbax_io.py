@@ -17,11 +17,19 @@ from models.config import Config
 from models.load.convert import CheckpointError
 
 MARKER = "adasd_model.json"  # config + format version; its presence identifies the format
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-layer parameter trees, [out, in] matrices
 
 
 def is_orbax_dir(path: Path) -> bool:
     return (path / MARKER).is_file()
+
+
+def is_current(path: Path) -> bool:
+    """An Orbax directory of this version whose marker reads back (else: convert again)."""
+    try:
+        return json.loads((path / MARKER).read_text()).get("format_version") == FORMAT_VERSION
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def save(path: Path, c: Config, params, tokenizer=None, source: str | None = None) -> Path:
