@@ -98,7 +98,7 @@ def _resolve_default(which: str, dtype: str) -> str:
     if orbax_io.is_current(converted):
         return str(converted)
     gguf_path = fetch.fetch(artifact)
-    c, params, tok = models.load(gguf_path, dtype)
+    c, params, tok = models.load(gguf_path, dtype, progress=True)
     models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}")
     return str(converted)
 

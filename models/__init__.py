@@ -91,7 +91,7 @@ def _merge_generation_eos(c: Config, directory: Path) -> Config:
     return dataclasses.replace(c, eos_token_ids=tuple(dict.fromkeys(c.eos_token_ids + tuple(map(int, extra)))))
 
 
-def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=None):
+def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=None, progress: bool = False):
     """Load a model from a GGUF file, a Hugging Face directory or hub id, or an `adasd convert` directory.
 
     Returns (config, params, tokenizer); params are jax arrays of `dtype` (None: as stored; placed with `shardings`, a
@@ -110,7 +110,7 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     else:
         nd = _numpy_dtype(d if d is not None else jnp.dtype(jnp.float32))
         if kind == "gguf":
-            c, np_params = gguf.load(path, nd)
+            c, np_params = gguf.load(path, nd, progress)
         else:
             c, np_params = safetensors.load(path, nd)
             c = _merge_generation_eos(c, path)

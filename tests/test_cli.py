@@ -91,3 +91,14 @@ def test_module_entry_point_help():
     assert out.returncode == 0
     for sub in ("generate", "fetch", "convert", "info", "bench"):
         assert sub in out.stdout
+
+
+def test_ctrl_c_exits_cleanly(capsys, monkeypatch):
+    from adasd_jax import engine
+
+    def interrupted(**kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "load_pair", interrupted)
+    rc, out, err = run_cli(capsys, "generate", "w5")
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err

@@ -32,7 +32,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing tensors, truncated or inconsistent with its config."""
 
 
-def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], dtype) -> dict:
+def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], dtype, progress: bool = False) -> dict:
     """Build our tree from HF-named tensors. `get(name)` returns a numpy array in HF's layout."""
     from models.transformer import param_specs  # local: transformer imports nothing from load
 
@@ -41,9 +41,11 @@ def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], d
             raise CheckpointError(f"checkpoint is missing tensor {name!r} (incomplete or truncated download?)")
         return get(name)
 
+    from tqdm import tqdm
+
     specs = param_specs(c)
     layers = [{ours: fetch(f"model.layers.{i}.{_LAYER[ours]}").astype(dtype) for ours in specs["layers"][i]}
-              for i in range(c.num_layers)]
+              for i in tqdm(range(c.num_layers), desc="convert layers", unit="layer", disable=not progress)]
     params = {"embed": fetch("model.embed_tokens.weight").astype(dtype), "layers": layers,
               "final_norm": fetch("model.norm.weight").astype(dtype)}
     if not c.tie_word_embeddings:

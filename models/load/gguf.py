@@ -108,4 +108,4 @@ def load(path: Path, dtype, progress: bool = False) -> tuple[Config, dict]:
             w = unpermute(w, c.num_kv_heads)
         return w
 
-    return c, hf_to_params(c, get, set(tensors), dtype)
+    return c, hf_to_params(c, get, set(tensors), dtype, progress)
