@@ -10,7 +10,6 @@ returned state per method and passes it to the next call (unless `state=` or `re
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 from typing import Any, Sequence
