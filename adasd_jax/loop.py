@@ -176,10 +176,13 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
     # statistics over the positions whose verdict was computed, plus the declined token if counted
     verdict = strict if m.stats_on == "strict" else ok
     counted = (pos <= a) & valid
-    x_dec = choose(k_dec, q_logits[n], s)
-    strict_dec = strict_verdicts(s, p_logits[n], q_logits[n], x_dec, jax.random.uniform(k_du))
-    verdict_dec = strict_dec if m.stats_on == "strict" else policies.accept(m, strict_dec, d[n], t_v)
-    use_dec = declined & ~rejected & m.count_declined
+    if m.name == "adasd" and m.count_declined:  # static: only this policy folds the declined token in
+        x_dec = choose(k_dec, q_logits[n], s)
+        strict_dec = strict_verdicts(s, p_logits[n], q_logits[n], x_dec, jax.random.uniform(k_du))
+        verdict_dec = strict_dec if m.stats_on == "strict" else policies.accept(m, strict_dec, d[n], t_v)
+        use_dec = declined & ~rejected
+    else:
+        verdict_dec, use_dec = jnp.zeros((), bool), jnp.zeros((), bool)
     contrib = policies.threshold_contribution(
         m, jnp.append(verdict, verdict_dec), jnp.concatenate([d[:K], d[n][None]]),
         jnp.concatenate([ent[:K], ent[n][None]]), jnp.append(counted, use_dec))

@@ -20,6 +20,7 @@ bytes one forward reads with the memory bandwidth measured in the same run:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -61,9 +62,8 @@ def bandwidth(dtype, mib: int, repeats: int) -> dict[str, float]:
         rows2 = jax.jit(lambda w, x: jnp.dot(x, w, preferred_element_type=f32))
         wx2 = jax.jit(lambda w, x: jax.lax.dot_general(w, x, (((1,), (1,)), ((), ())), preferred_element_type=f32))
         x2t = jnp.ones((2, k), dt)
-        out[f"xla {dt.name} W@x"] = w.nbytes / median_time(lambda: gemv(w, x1), repeats) / 1e9
-        out[f"xla {dt.name} x[2]@W"] = w.nbytes / median_time(lambda: rows2(w, x2), repeats) / 1e9
-        out[f"xla {dt.name} W@x[2]^T"] = w.nbytes / median_time(lambda: wx2(w, x2t), repeats) / 1e9
+        for form, fn, x in (("W@x", gemv, x1), ("x[2]@W", rows2, x2), ("W@x[2]^T", wx2, x2t)):
+            out[f"xla {dt.name} {form}"] = w.nbytes / median_time(functools.partial(fn, w, x), repeats) / 1e9
         del w
     a = np.ones((mib * 2**20 // (4 * 4096), 4096), np.float32)
     v, b = np.ones(4096, np.float32), np.empty_like(a)
