@@ -152,3 +152,48 @@ home_path() {
     printf '"$HOME"/%s' "$(quote "$1")"
   fi
 }
+
+# The settings of a run on the workers, shared by run.sh and bench.sh.
+run_options() {
+  option --logs-dir TPU_LOGS_DIR tpu-logs value "local directory of per-worker logs, LOGS_DIR/RUN_ID/WORKER.log"
+  option --run-id TPU_RUN_ID "$(date +%Y%m%d-%H%M%S)" value "this run's name (default: the current time, YYYYmmdd-HHMMSS)"
+  option --env TPU_ENV "" append "KEY=VALUE to set on the workers, repeatable (TPU_ENV: one per line)"
+  option --stream TPU_STREAM 0 switch "print every worker's output here as it comes instead of one log file per worker"
+}
+
+# adasd_command ARGS...: the workers' shell command that runs `adasd ARGS...` in the installed checkout.
+# The compilation cache outlives the run (a second run of the same shapes skips compiling); --env
+# settings come last, so they override these.
+adasd_command() {
+  local line
+  # shellcheck disable=SC2016  # $HOME is for the workers' shell to expand
+  printf 'cd %s && env JAX_PLATFORMS=tpu PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR="$HOME"/.cache/adasd-jax/jax-compile' \
+    "$(home_path "$TPU_REMOTE_DIR")"
+  while IFS= read -r line; do
+    if [[ -z $line ]]; then continue; fi
+    [[ $line =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env '$line' is not KEY=VALUE"
+    printf ' %s' "$(quote "$line")"
+  done <<< "$TPU_ENV"
+  printf ' %s/bin/adasd %s' "$(home_path "$TPU_VENV")" "$(quote_all "$@")"
+}
+
+# run_adasd ARGS...: `adasd ARGS...` on all workers at once (multi-host JAX needs every process), each
+# worker's output in LOGS_DIR/RUN_ID/WORKER.log unless --stream; worker 0's log is printed at the end.
+run_adasd() {
+  local command logs rc=0
+  command=$(adasd_command "$@")
+  if [[ $TPU_STREAM == 1 ]]; then
+    ssh_all "$command"
+    return
+  fi
+  logs=$TPU_LOGS_DIR/$TPU_RUN_ID
+  run mkdir -p "$logs"
+  ssh_all "$command" --output-directory="$logs" || rc=$?
+  if [[ $TPU_DRY_RUN == 1 ]]; then return; fi
+  if [[ -f $logs/0.log ]]; then
+    echo "== worker 0: $logs/0.log"
+    cat "$logs/0.log"
+  fi
+  echo "logs of every worker: $logs/" >&2
+  if ((rc != 0)); then echo "error: adasd failed on a worker (gcloud exit $rc): see $logs/" >&2; exit "$rc"; fi
+}
