@@ -201,17 +201,17 @@ def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
 
 
 def test_bench_humaneval_batched(loaded, tmp_path):
-    rows = [{"task_id": f"Fix/{i}", "prompt": HE_PROMPT, "test": HE_TEST, "entry_point": "add"} for i in range(3)]
+    rows = [{"task_id": f"Fix/{i}", "prompt": HE_PROMPT, "test": HE_TEST, "entry_point": "add"} for i in range(4)]
     data = tmp_path / "he.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    res = _bench(loaded, tmp_path / "out", "--dataset", "humaneval", "--data-file", data, "--limit", 3,
-                 "--max-new-tokens", 8, "--methods", "ar,adasd", "--batch-size", 2)
+    res = _bench(loaded, tmp_path / "out", "--dataset", "humaneval", "--data-file", data, "--limit", 4,
+                 "--max-new-tokens", 8, "--methods", "ar,adasd", "--batch-size", 4)
     cfg, recs = res["config"], res["records"]
-    assert cfg["prompt_template"]["chat"] is False and cfg["batch_size"] == 2
-    assert [r["batch"] for r in recs["adasd"]] == [2, 2, 1]
+    assert cfg["prompt_template"]["chat"] is False and cfg["batch_size"] == 4
+    assert [(r["batch"], r["row"]) for r in recs["adasd"]] == [(4, 0), (4, 1), (4, 2), (4, 3)]
     for r in recs["ar"] + recs["adasd"]:  # the tiny model writes no Python: scored by running it, and failing
         assert r["correct"] is False and r["score"]["result"].startswith("failed")
-    assert res["summary"]["methods"]["adasd"]["paired_vs_ar"]["n"] == 3
+    assert res["summary"]["methods"]["adasd"]["paired_vs_ar"]["n"] == 4
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "thresholds.png").is_file()
 
 
