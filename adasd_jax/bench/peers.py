@@ -20,6 +20,7 @@ class HFPair:
     draft: Any | None
     sources: dict[str, str]  # which files torch loaded
     dtype: str
+    gguf: str = "dequantize"  # GGUF weights: "dequantize" (dense, like the JAX engine) or "packed"
 
 
 def peer_sources(draft: str | None, target: str | None) -> tuple[str | None, str]:
@@ -36,7 +37,11 @@ def peer_sources(draft: str | None, target: str | None) -> tuple[str | None, str
     return draft, target
 
 
-def _load(src: str, dtype: str):
+GGUF_MODES = ("dequantize", "packed")
+
+
+def _load(src: str, dtype: str, gguf: str = "dequantize"):
+    """A transformers model; GGUF weights unpacked to dense `dtype` (as the JAX engine does) unless `packed`."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -45,6 +50,14 @@ def _load(src: str, dtype: str):
     p = Path(src)
     kw = {"dtype": getattr(torch, dtype)}
     if p.is_file() and p.suffix == ".gguf":
+        if gguf not in GGUF_MODES:
+            raise ValueError(f"GGUF mode must be one of {GGUF_MODES}, got {gguf!r}")
+        try:
+            from transformers.utils.quantization_config import GgufConfig
+        except ImportError:  # older transformers always dequantize
+            GgufConfig = None
+        if GgufConfig is not None:
+            kw["quantization_config"] = GgufConfig(gguf_file=str(p), dequantize=gguf == "dequantize")
         model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, **kw)
     elif p.is_dir() and not (p / "config.json").is_file():
         raise ValueError(f"{src} is not a Hugging Face directory (no config.json): transformers cannot load an "
@@ -54,12 +67,13 @@ def _load(src: str, dtype: str):
     return model.eval()
 
 
-def load_peers(draft: str | None, target: str | None, dtype: str, need_draft: bool) -> HFPair:
+def load_peers(draft: str | None, target: str | None, dtype: str, need_draft: bool,
+               gguf: str = "dequantize") -> HFPair:
     d, t = peer_sources(draft, target)
     if need_draft and not d:
         raise ValueError("hf-assisted needs a draft model")
-    return HFPair(target=_load(t, dtype), draft=_load(d, dtype) if need_draft else None,
-                  sources={"draft": d if need_draft else None, "target": t}, dtype=dtype)
+    return HFPair(target=_load(t, dtype, gguf), draft=_load(d, dtype, gguf) if need_draft else None,
+                  sources={"draft": d if need_draft else None, "target": t}, dtype=dtype, gguf=gguf)
 
 
 def assisted_settings(hf: HFPair) -> dict:

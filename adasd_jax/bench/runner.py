@@ -248,7 +248,7 @@ def configuration(a, pair, hf, problems, methods, data_file) -> dict:
         import transformers
 
         cfg["peers"] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                        "torch_threads": torch.get_num_threads(), "dtype": hf.dtype,
+                        "torch_threads": torch.get_num_threads(), "dtype": hf.dtype, "gguf_weights": hf.gguf,
                         "draft": describe(hf.sources["draft"]), "target": describe(hf.sources["target"]),
                         "assisted_settings": peers.assisted_settings(hf)}
     return cfg
@@ -275,6 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-step-timing", action="store_true", help="skip timing one bare target decode step")
+    ap.add_argument("--hf-gguf", default="dequantize", choices=peers.GGUF_MODES,
+                    help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
+                         "or transformers' packed quantized kernels")
     ap.add_argument("--exec-timeout", type=float, default=execution.TIMEOUT_S, help="seconds per HumanEval test run")
     return ap
 
@@ -296,7 +299,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     if hf is None and any(m in peers.PEERS for m in methods):
         t = time.perf_counter()
-        hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods)
+        hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf)
         print(f"loaded the transformers peers in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
                   trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout)
