@@ -222,3 +222,8 @@ def test_bench_cli_reports_bad_input(tmp_path, capsys):
     assert rc == 2 and "missing.jsonl does not exist" in capsys.readouterr().err
     rc = cli.main(["bench", "--methods", "ar,warp", "--no-progress"])
     assert rc == 2 and "bad --methods item 'warp'" in capsys.readouterr().err
+
+
+def test_paired_difference_single_problem_has_no_interval():
+    p = report.paired_difference([True], [False])
+    assert p["diff_points"] == 100.0 and p["ci95_points"] is None

@@ -39,8 +39,9 @@ def paired_difference(correct: list[bool], reference: list[bool]) -> dict:
     d = np.asarray(correct, float) - np.asarray(reference, float)
     n = len(d)
     mean = float(d.mean()) if n else 0.0
-    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    return {"n": n, "diff_points": 100 * mean, "ci95_points": [100 * (mean - Z95 * se), 100 * (mean + Z95 * se)],
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else None  # one problem: no interval
+    ci = None if se is None else [100 * (mean - Z95 * se), 100 * (mean + Z95 * se)]
+    return {"n": n, "diff_points": 100 * mean, "ci95_points": ci,
             "only_method_right": int((d > 0).sum()), "only_reference_right": int((d < 0).sum())}
 
 
@@ -66,6 +67,8 @@ def summarize(records: dict, methods: list[str], greedy: bool = True) -> dict:
                "accepted_per_round": accepted / rounds if rounds else None, "drafted": drafted,
                "wasted": None if drafted is None else drafted - accepted, "lossy": _sum(rs, "lossy"),
                "declined_rounds": _sum(rs, "declined"), "t_g": rs[-1].get("t_g"), "t_v": rs[-1].get("t_v")}
+        if row["t_g"] is None and m.split(":")[0] == "adasd":
+            row["t_g"] = math.inf  # no rejection seen yet (written as null in JSON)
         if rs[0].get("correct") is not None:
             row["accuracy"] = sum(bool(r["correct"]) for r in rs) / len(rs)
         if ref is not None:
@@ -131,8 +134,8 @@ def markdown(summary: dict, config: dict) -> str:
     if paired:
         lines += ["", "Paired accuracy vs `ar` (method - ar, points, 95% interval = mean ± 1.96·SE over problems):", ""]
         for m, p in paired:
-            lo, hi = p["ci95_points"]
-            lines.append(f"- `{m}`: {p['diff_points']:+.1f} [{lo:+.1f}, {hi:+.1f}] over {p['n']} problems "
+            ci = "[n/a]" if p["ci95_points"] is None else "[{:+.1f}, {:+.1f}]".format(*p["ci95_points"])
+            lines.append(f"- `{m}`: {p['diff_points']:+.1f} {ci} over {p['n']} problems "
                          f"(only {m} right: {p['only_method_right']}, only ar right: {p['only_reference_right']})")
     return "\n".join(lines) + "\n"
 
