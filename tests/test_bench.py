@@ -175,6 +175,7 @@ def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
         assert len(cfg["models"][side]["sha256"]) == 64 and cfg["models"][side]["kind"] == "directory"
         assert cfg["peers"][side]["sha256"] == cfg["models"][side]["sha256"]  # torch read the very same files
     assert cfg["jax"] and cfg["device"] and cfg["dtype"] == "float32"
+    assert cfg["peers"]["assisted_settings"]["num_assistant_tokens"] > 0  # transformers' effective defaults
     rows = summary["methods"]
     assert list(rows) == ["ar", "sd:K=3", "adasd", "hf-ar", "hf-assisted"]
     for m, recs in records.items():

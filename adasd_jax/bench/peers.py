@@ -80,9 +80,12 @@ def assisted_settings(hf: HFPair) -> dict:
     """The draft-length schedule transformers applies (its defaults: what a user gets)."""
     if hf.draft is None:
         return {}
+    from transformers import GenerationConfig
+
     g = hf.draft.generation_config
-    return {k: getattr(g, k, None) for k in ("num_assistant_tokens", "num_assistant_tokens_schedule",
-                                             "assistant_confidence_threshold")}
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()  # filled in where unset
+    keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+    return {k: getattr(g, k, None) if getattr(g, k, None) is not None else defaults.get(k) for k in keys}
 
 
 def generate(hf: HFPair, method: str, ids: list[int], max_new_tokens: int, eos_ids: tuple[int, ...],
