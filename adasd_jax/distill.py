@@ -24,8 +24,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -431,14 +432,15 @@ def teacher_forced_agreement(draft_config, draft_params, target_config, target_p
     return same / max(total, 1.0)
 
 
-def evaluate(pair, problems, methods: list[str], max_new_tokens: int, eval_tokens, eval_mask, dtype) -> dict:
+def evaluate(pair, problems, methods: list[str], max_new_tokens: int, eval_tokens, eval_mask, dtype,
+             progress: bool = True) -> dict:
     """Greedy agreement (teacher-forced on held-out text) and engine figures for each method."""
     from adasd_jax.bench import runner
 
     pair.states.clear()
     agreement = teacher_forced_agreement(pair.draft.config, pair.draft.params, pair.target.config, pair.target.params,
                                          eval_tokens, eval_mask, dtype)
-    records = runner.run(pair, problems, methods, max_new_tokens, progress=False)
+    records = runner.run(pair, problems, methods, max_new_tokens, progress=progress)
     summary = runner.summarize(records, methods)
     rows = {}
     for m, r in summary["methods"].items():
@@ -557,7 +559,7 @@ def main(a) -> int:
         pair = engine.Pair(target=engine.Model(tc, tp, str(a.target)), draft=engine.Model(dc, dp, a.init),
                            tokenizer=tok, vocab=tc.vocab_size)
         evaluate_now = lambda: evaluate(pair, problems, methods, a.eval_max_new_tokens, eval_tokens, eval_mask,
-                                        models.parse_dtype(a.dtype))
+                                        models.parse_dtype(a.dtype), progress)
         if (train_dir / "eval_before.json").is_file():
             report["before"] = json.loads((train_dir / "eval_before.json").read_text())
         else:
