@@ -1,4 +1,4 @@
-"""The `adasd` command: generate | fetch | convert | info | bench."""
+"""The `adasd` command: generate | fetch | convert | info | bench | distill."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a model's architecture, parameter count, dtype and tokenizer")
     i.add_argument("src")
     sub.add_parser("bench", help="benchmark methods side by side (see `adasd bench --help`)", add_help=False)
+    from adasd_jax import distill
+
+    distill.add_arguments(sub.add_parser("distill", help="train a draft for a target (optax; resumable)"))
     return ap
 
 
@@ -127,6 +130,12 @@ def cmd_info(a) -> int:
     return 0
 
 
+def cmd_distill(a) -> int:
+    from adasd_jax import distill
+
+    return distill.main(a)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -138,7 +147,8 @@ def main(argv=None) -> int:
     from models import CheckpointError, ConfigError
 
     try:
-        return {"generate": cmd_generate, "fetch": cmd_fetch, "convert": cmd_convert, "info": cmd_info}[a.command](a)
+        return {"generate": cmd_generate, "fetch": cmd_fetch, "convert": cmd_convert, "info": cmd_info,
+                "distill": cmd_distill}[a.command](a)
     except KeyboardInterrupt:
         print("\nadasd: interrupted (nothing half-written was left behind)", file=sys.stderr)
         return 130
