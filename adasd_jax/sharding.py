@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import models
 
@@ -91,7 +91,7 @@ class Layout:
                              f"{dict(self.mesh.shape)} does not have")
 
     @property
-    def draft(self) -> "Layout":
+    def draft(self) -> Layout:
         """The draft's layout: without tensor parallelism when replicated (batch stays on `data`)."""
         if not self.replicate_draft:
             return self

@@ -24,6 +24,7 @@ import numpy as np
 import models
 from adasd_jax import engine
 from adasd_jax.bench import datasets
+from adasd_jax.cli import add_mesh_arg
 from adasd_jax.policies import Method
 
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
@@ -120,6 +121,7 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    add_mesh_arg(ap)
     ap.add_argument("--out", help="write the configuration, per-problem records and summary as JSON")
     a = ap.parse_args(argv)
     methods = a.methods.split(",")
@@ -127,7 +129,8 @@ def main(argv=None):
         Method.parse(m)  # fail fast on a bad method name
     problems = datasets.gsm8k(a.data_file, a.limit, a.offset)
     t = time.perf_counter()
-    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype)
+    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, mesh=a.mesh,
+                            replicate_draft=not a.shard_draft)
     print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     step = time_target_step(pair)
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed)
@@ -138,7 +141,7 @@ def main(argv=None):
     print(markdown(summary))
     print(f"\none jitted target decode step: {step * 1e3:.1f} ms (1/step = {1 / step:.2f} tok/s)"
           + (f"; ar reaches {summary['ar_vs_step_limit']:.3f} of it" if "ar_vs_step_limit" in summary else ""))
-    if a.out:
+    if a.out and jax.process_index() == 0:  # multi-host: one writer
         config = {"argv": sys.argv, "draft": pair.draft.source if pair.draft else None, "target": pair.target.source,
                   "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
                   "machine": platform.platform(), "data_file": a.data_file, "offset": a.offset, "limit": a.limit,
