@@ -16,7 +16,6 @@ the K/V projections and the caches replicated on model=4 while the 12 query head
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import jax
@@ -184,11 +183,6 @@ def head_counts(c: models.Config) -> dict[str, int]:
     return {"q_heads": c.num_heads, "kv_heads": c.num_kv_heads}
 
 
-def gather(tree):
-    """Fully replicated (or single-process) arrays -> numpy on every process."""
-    return jax.tree.map(np.asarray, tree)
-
-
 def distributed_requested() -> bool:
     """Multi-host launch: ADASD_DISTRIBUTED=1, an explicit JAX coordinator, or a multi-worker TPU slice."""
     if os.environ.get("ADASD_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
@@ -209,11 +203,3 @@ def init_distributed() -> bool:
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
-
-
-def describe(layout: Layout | None) -> str:
-    if layout is None:
-        return "one device"
-    shape = dict(layout.mesh.shape)
-    return (f"mesh data={shape['data']},model={shape['model']} ({math.prod(shape.values())} devices), draft "
-            + ("replicated" if layout.replicate_draft else "sharded like the target"))
