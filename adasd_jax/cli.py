@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 EPILOG = """models: --draft/--target take a hub id, a Hugging Face directory, a .gguf file or a directory
@@ -15,6 +16,13 @@ def _add_model_args(p):
     p.add_argument("--draft", help="draft model (default: the built-in pair's 0.5B)")
     p.add_argument("--target", help="target model (default: the built-in pair's 1.5B)")
     p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (default bfloat16)")
+
+
+def add_mesh_arg(p):
+    p.add_argument("--mesh", nargs="?", const="", default=None, metavar="data=N,model=M",
+                   help="shard over a device mesh (batch on data, heads/FFN/vocabulary on model); a bare --mesh "
+                        "uses every device with model parallelism; default: one device")
+    p.add_argument("--shard-draft", action="store_true", help="shard the draft like the target (default: replicated)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all at once)")
     g.add_argument("--stream", action="store_true", help="print text as rounds complete")
     g.add_argument("--json", action="store_true", help="machine-readable output with metrics")
+    add_mesh_arg(g)
 
     f = sub.add_parser("fetch", help="download and assemble the built-in default pair, then convert it")
     f.add_argument("--dtype", default="bfloat16")
@@ -65,7 +74,8 @@ def cmd_generate(a) -> int:
     prompts = a.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
-    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype)
+    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, mesh=a.mesh,
+                            replicate_draft=not a.shard_draft)
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
               top_p=a.top_p, chat=a.chat, seed=a.seed)
     if a.stream and not a.json:
@@ -136,8 +146,18 @@ def cmd_distill(a) -> int:
     return distill.main(a)
 
 
+def _multihost_setup() -> None:
+    """On several hosts: join the JAX cluster, and let only process 0 print (and write: see bench)."""
+    from adasd_jax import sharding
+
+    if sharding.init_distributed() and not sharding.is_main_process():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["generate"], ["bench"]):
+        _multihost_setup()
     if argv[:1] == ["bench"]:
         from adasd_jax.bench import runner
 

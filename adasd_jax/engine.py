@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import loop
+from adasd_jax import loop, sharding
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
 from adasd_jax.state import ThresholdState, Trace
@@ -52,6 +52,7 @@ class Pair:
     vocab: int  # shared vocabulary size
     states: dict[str, ThresholdState] = dataclasses.field(default_factory=dict)
     compiled: dict = dataclasses.field(default_factory=dict)
+    layout: sharding.Layout | None = None  # the mesh and table the parameters are placed on (None: one device)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -106,22 +107,33 @@ def _same_tokenizer(a, b) -> bool:
     return a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids
 
 
+def _layout(mesh, replicate_draft: bool, rules) -> sharding.Layout | None:
+    if mesh is None:
+        return None
+    if isinstance(mesh, str):
+        mesh = sharding.make_mesh(mesh)
+    return sharding.Layout(mesh, sharding._rules(rules), replicate_draft)
+
+
 def load_pair(draft: str | Path | None = None, target: str | Path | None = None, dtype: str = "float32",
-              draft_dtype: str | None = None) -> Pair:
+              draft_dtype: str | None = None, mesh=None, replicate_draft: bool = True, rules=None) -> Pair:
     """Load target and draft (hub ids, HF directories, GGUF files, or `adasd convert` directories).
 
     With neither given, the built-in Qwen2.5-Coder-0.5B -> 1.5B Instruct pair. `draft=""` loads the
-    target alone (only method "ar" then).
+    target alone (only method "ar" then). `mesh` (a `jax.sharding.Mesh` or "data=2,model=4") places each
+    parameter directly into its sharding from `rules` (default `sharding.RULES`); the draft is replicated
+    on every device unless `replicate_draft=False`.
     """
     if target is None and draft is None:
         draft, target = _resolve_default("draft", draft_dtype or dtype), _resolve_default("target", dtype)
     if target is None:
         raise ValueError("a draft was given without a target: pass target= as well")
-    tc, tp, tok = models.load(target, dtype)
+    layout = _layout(mesh, replicate_draft, rules)
+    tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params)
     dm = None
     vocab = tc.vocab_size
     if draft:
-        dc, dp, dtok = models.load(draft, draft_dtype or dtype)
+        dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=layout and layout.draft.params)
         if tok is not None and dtok is not None and not _same_tokenizer(tok, dtok):
             raise ValueError(f"draft {draft} and target {target} have different tokenizers: speculative decoding "
                              "needs a draft that shares the target's vocabulary")
@@ -133,7 +145,17 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
                                  "differ beyond padding rows: the models do not share a vocabulary")
             vocab = min(dc.vocab_size, tc.vocab_size)
         dm = Model(dc, dp, str(draft))
-    return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab)
+    return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab, layout=layout)
+
+
+def shard(pair: Pair, mesh, replicate_draft: bool = True, rules=None) -> Pair:
+    """The same pair with its parameters placed on `mesh` (for pairs built in memory; `load_pair(mesh=)`
+    places parameters while loading instead)."""
+    layout = _layout(mesh, replicate_draft, rules)
+    place = lambda m, lay: None if m is None else dataclasses.replace(
+        m, params=lay.place(m.params, lay.params(m.config)) if lay else jax.device_put(m.params, jax.devices()[0]))
+    return dataclasses.replace(pair, target=place(pair.target, layout), draft=place(pair.draft, layout and layout.draft),
+                               states={}, compiled={}, layout=layout)
 
 
 # ---------------------------------------------------------------- prompts
@@ -169,13 +191,22 @@ def bucket(n: int) -> int:
 
 # ---------------------------------------------------------------- generation
 
+def _input_shardings(layout: sharding.Layout, mstate, batch: int):
+    """Where the loop's inputs go on the mesh: prompts and per-row state on `data`, the key replicated."""
+    return (layout.batch(batch, 2), layout.batch(batch), layout.method_state(mstate), layout.replicated)
+
+
 def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: int):
     key = (lc, batch, width, max_len)
     if key not in pair.compiled:
         draft_params = pair.draft.params if pair.draft is not None and lc.method.uses_draft else None
-        args = (pair.target.params, draft_params, jax.ShapeDtypeStruct((batch, width), jnp.int32),
-                jax.ShapeDtypeStruct((batch,), jnp.int32),
-                loop.init_method_state(lc.method, batch), jax.random.key(0))
+        mstate = loop.init_method_state(lc.method, batch)
+        shard = _input_shardings(lc.layout, mstate, batch) if lc.layout else (None,) * 4
+        struct = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
+        args = (pair.target.params, draft_params, struct(jnp.zeros((batch, width), jnp.int32), shard[0]),
+                struct(jnp.zeros((batch,), jnp.int32), shard[1]),
+                mstate if lc.layout is None else jax.tree.map(struct, mstate, shard[2]),
+                jax.random.key(0) if lc.layout is None else struct(jax.random.key(0), shard[3]))
         fn = jax.jit(loop.generate, static_argnums=(2, 5))
         t = time.perf_counter()
         pair.compiled[key] = fn.lower(args[0], args[1], lc, args[2], args[3], max_len, args[4], args[5]).compile()
@@ -199,7 +230,7 @@ def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_
     ids = encode(pair, prompts, chat)
     lc = loop.LoopConfig(target=pair.target.config, draft=pair.draft.config if m.uses_draft else None, method=m,
                          sampling=Sampling(temperature, top_k, top_p), max_new_tokens=max_new_tokens,
-                         eos_ids=pair.eos_ids, vocab=pair.vocab, trace=trace)
+                         eos_ids=pair.eos_ids, vocab=pair.vocab, trace=trace, layout=pair.layout)
     limit = min(c.max_position_embeddings for c in (lc.target, lc.draft) if c is not None)
     longest = max(map(len, ids))
     if longest + max_new_tokens + lc.k + 1 > limit:
@@ -272,9 +303,11 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
         thresholds = _initial_thresholds(pair, m, thresholds, reset_state, B, start == 0 and state is not None)
         key, sub = jax.random.split(key)
         draft_params = pair.draft.params if m.uses_draft else None
+        inputs = (prompt, lengths, loop.init_method_state(m, B, thresholds), sub)
+        if pair.layout is not None:
+            inputs = pair.layout.place(inputs, _input_shardings(pair.layout, inputs[2], B))
         t = time.perf_counter()
-        s = jax.block_until_ready(compiled(pair.target.params, draft_params, prompt, lengths,
-                                           loop.init_method_state(m, B, thresholds), sub))
+        s = jax.block_until_ready(compiled(pair.target.params, draft_params, *inputs))
         run_s += time.perf_counter() - t
         thresholds = s.method.thresholds
         out, new = np.asarray(s.out), np.asarray(s.metrics.new_tokens)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ class LoopConfig:
     eos_ids: tuple[int, ...] = ()
     vocab: int = 0  # shared vocabulary (logits beyond it are padding rows and are dropped)
     trace: bool = False
+    layout: Any = None  # sharding.Layout: pins the loop state to a mesh (None: one device, no constraints)
 
     @property
     def k(self) -> int:
@@ -74,10 +76,18 @@ def prefill(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: Meth
         trace = Trace(draft_len=jnp.zeros((R, B), jnp.int32), accepted=jnp.zeros((R, B), jnp.int32),
                       entropy=jnp.zeros((R, B, K1)), js=jnp.zeros((R, B, K1)), t_g=jnp.zeros((R, B)),
                       t_v=jnp.zeros((R, B)))
-    return LoopState(target_cache=tcache, draft_cache=dcache, last=y0,
-                     pending=jnp.stack([y0, jnp.zeros_like(y0)], 1), n_pending=jnp.ones((B,), jnp.int32),
-                     out=out, done=done, method=mstate, metrics=metrics, key=key, step=jnp.zeros((), jnp.int32),
-                     trace=trace)
+    s = LoopState(target_cache=tcache, draft_cache=dcache, last=y0,
+                  pending=jnp.stack([y0, jnp.zeros_like(y0)], 1), n_pending=jnp.ones((B,), jnp.int32),
+                  out=out, done=done, method=mstate, metrics=metrics, key=key, step=jnp.zeros((), jnp.int32),
+                  trace=trace)
+    return _constrain(lc, s)
+
+
+def _constrain(lc: LoopConfig, s: LoopState) -> LoopState:
+    """On a mesh, pin the state to the sharding table's layout (a no-op on one device)."""
+    if lc.layout is None:
+        return s
+    return lc.layout.constrain(s, lc.target, lc.draft if lc.method.uses_draft else None)
 
 
 # ---------------------------------------------------------------- draft
@@ -253,9 +263,9 @@ def round_step(pt, pd, lc: LoopConfig, s: LoopState) -> LoopState:
         trace = Trace(draft_len=at(trace.draft_len, w(n)), accepted=at(trace.accepted, w(a)),
                       entropy=at(trace.entropy, info["ent"]), js=at(trace.js, info["d"]),
                       t_g=at(trace.t_g, jnp.broadcast_to(thresholds.t_g, (B,))), t_v=at(trace.t_v, t_v))
-    return LoopState(target_cache=tcache, draft_cache=dcache, last=jnp.where(live, y, s.last), pending=pending,
-                     n_pending=n_pend, out=out, done=done, method=mstate, metrics=metrics, key=key,
-                     step=s.step + 1, trace=trace)
+    return _constrain(lc, LoopState(target_cache=tcache, draft_cache=dcache, last=jnp.where(live, y, s.last),
+                                    pending=pending, n_pending=n_pend, out=out, done=done, method=mstate,
+                                    metrics=metrics, key=key, step=s.step + 1, trace=trace))
 
 
 def running(lc: LoopConfig, s: LoopState) -> jax.Array:
@@ -266,7 +276,10 @@ def generate(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: Met
     """The whole generation under one jit: prefill, then rounds until every row is done."""
     s = prefill(pt, pd, lc, prompts, lengths, max_len, mstate, key)
     s = jax.lax.while_loop(functools.partial(running, lc), functools.partial(round_step, pt, pd, lc), s)
-    return s.replace(target_cache=None, draft_cache=None)
+    s = s.replace(target_cache=None, draft_cache=None)
+    if lc.layout is not None:  # small results, whole on every device: every process can read them
+        s = jax.lax.with_sharding_constraint(s, jax.tree.map(lambda _: lc.layout.replicated, s))
+    return s
 
 
 def init_method_state(m: Method, batch: int, thresholds: ThresholdState | None = None) -> MethodState:

@@ -95,8 +95,8 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     """Load a model from a GGUF file, a Hugging Face directory or hub id, or an `adasd convert` directory.
 
     Returns (config, params, tokenizer); params are jax arrays of `dtype` (None: as stored; placed with `shardings`, a
-    tree matching `param_specs(config)`, when given); tokenizer is None when asked not to load it or
-    when the source has none.
+    tree matching `param_specs(config)` or a function of the config returning one, when given: each device then
+    receives only its own shards); tokenizer is None when asked not to load it or when the source has none.
     """
     from models.load import gguf, hub, orbax_io, safetensors
 
@@ -115,6 +115,8 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
             c, np_params = safetensors.load(path, nd)
             c = _merge_generation_eos(c, path)
         check_params(np_params, c)
+        if callable(shardings):
+            shardings = shardings(c)
         if shardings is None:
             params = jax.tree.map(jnp.asarray, np_params)
         else:

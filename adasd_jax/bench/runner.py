@@ -29,6 +29,7 @@ import numpy as np
 import models
 from adasd_jax import engine
 from adasd_jax.bench import datasets, execution, peers, report
+from adasd_jax.cli import add_mesh_arg
 from adasd_jax.policies import METHODS, Method
 
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
@@ -279,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
                          "or transformers' packed quantized kernels")
     ap.add_argument("--exec-timeout", type=float, default=execution.TIMEOUT_S, help="seconds per HumanEval test run")
+    add_mesh_arg(ap)
     return ap
 
 
@@ -295,7 +297,8 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     problems = datasets.load(a.dataset, data_file, a.limit or None, a.offset)
     if pair is None:
         t = time.perf_counter()
-        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype)
+        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, mesh=a.mesh,
+                                replicate_draft=not a.shard_draft)
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     if hf is None and any(m in peers.PEERS for m in methods):
         t = time.perf_counter()
@@ -310,6 +313,8 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         if "ar" in summary["methods"]:
             summary["ar_vs_step_limit"] = summary["methods"]["ar"]["tokens_per_s"] * step
     config = configuration(a, pair, hf, problems, methods, data_file)
+    if jax.process_index() != 0:  # multi-host: process 0 alone writes
+        return {"config": config, "summary": summary, "records": records}
     out = Path(a.out_dir)
     table = report.markdown(summary, config)
     report.write_atomic(out / "results.md", table)

@@ -73,11 +73,14 @@ def load_config(path: Path) -> tuple[Config, dict]:
 
 
 def load(path: Path, dtype=None, shardings=None) -> tuple[Config, dict]:
-    """Restore parameters; with `dtype` they are cast on restore, with `shardings` placed directly."""
+    """Restore parameters; with `dtype` they are cast on restore, with `shardings` (a tree, or a function of
+    the config returning one) placed directly."""
     import orbax.checkpoint as ocp
     from models.transformer import param_specs, ParamSpec
 
     c, meta = load_config(path)
+    if callable(shardings):
+        shardings = shardings(c)
     saved_dtype = np.dtype(meta["dtype"]) if meta["dtype"] != "bfloat16" else jax.numpy.bfloat16
     target_dtype = dtype or saved_dtype
     specs = param_specs(c)

@@ -1,0 +1,205 @@
+"""Sharding on a `jax.sharding.Mesh` with axes ("data", "model"): one table, used for everything.
+
+    mesh = make_mesh("data=2,model=4")
+    layout = Layout(mesh)                       # RULES, draft replicated
+    pair = engine.load_pair(draft, target, mesh=mesh)
+
+`RULES` maps each logical axis name (those of `models.param_specs`, `models.cache_axes` and the
+loop state below) to a mesh axis. Parameters, KV caches, the loop state and the threshold state all
+take their shardings from it; changing the parallelism is editing the table. XLA's SPMD partitioner
+does the rest: no hand-written collectives.
+
+An axis whose size does not divide by its mesh axis is replicated instead: the divisibility is
+checked on the logical count (heads, not heads * head_dim), so the default pair's 2 KV heads leave
+the K/V projections and the caches replicated on model=4 while the 12 query heads shard.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import models
+
+# logical axis -> mesh axis (None: replicated). A size that does not divide is replicated (see above).
+RULES: dict[str, str | None] = {
+    "batch": "data",  # prompts: data parallel
+    "q_heads": "model",  # tensor parallel: attention heads ...
+    "kv_heads": "model",  # ... KV heads (replicated when fewer than the model axis, e.g. 2 on model=4)
+    "ffn": "model",  # ... the MLP's hidden units
+    "vocab": "model",  # ... embedding rows and logits
+    "embed": None,  # the residual stream stays whole on every device
+    "head_dim": None,
+    "seq": None,
+    "rounds": None,  # trace buffers' round axis
+    "draft_slot": None,  # fixed-size per-row buffers (proposals, pending, output)
+}
+MESH_AXES = ("data", "model")
+
+
+def parse_mesh(spec: str | None, n_devices: int) -> tuple[int, int]:
+    """'data=2,model=4' (either may be left out and is inferred) -> (data, model); None: (1, n_devices)."""
+    if not spec:
+        return 1, n_devices  # decoding one prompt at a time: tensor parallelism is what helps
+    sizes: dict[str, int] = {}
+    for item in spec.split(","):
+        name, eq, val = item.strip().partition("=")
+        if not eq or name not in MESH_AXES or not val.strip().isdigit() or int(val) < 1:
+            raise ValueError(f"bad mesh item {item!r} in {spec!r}: write data=N,model=M with positive integers")
+        sizes[name] = int(val)
+    for name, other in (("data", "model"), ("model", "data")):
+        if name not in sizes:
+            if n_devices % sizes[other]:
+                raise ValueError(f"mesh {spec!r}: {other}={sizes[other]} does not divide the {n_devices} devices")
+            sizes[name] = n_devices // sizes[other]
+    if sizes["data"] * sizes["model"] > n_devices:
+        raise ValueError(f"mesh {spec!r} needs {sizes['data'] * sizes['model']} devices, only {n_devices} are "
+                         "available (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before start)")
+    return sizes["data"], sizes["model"]
+
+
+def make_mesh(spec: str | None = None, devices=None) -> Mesh:
+    """A ("data", "model") mesh over `devices` (default: all devices of every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    data, model = parse_mesh(spec, len(devices))
+    # Auto axes: XLA's partitioner propagates the table's shardings through the model code unchanged
+    return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices[:data * model])
+
+
+def _rules(rules) -> tuple[tuple[str, str | None], ...]:
+    return tuple(sorted(dict(RULES if rules is None else rules).items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A mesh and the table: static and hashable, so the jitted loop closes over it."""
+
+    mesh: Mesh
+    rules: tuple[tuple[str, str | None], ...] = _rules(None)
+    replicate_draft: bool = True  # the common case: a small draft whole on every device, the target sharded
+
+    def __post_init__(self):
+        object.__setattr__(self, "rules", _rules(self.rules))
+        unknown = {a for _, a in self.rules if a is not None} - set(self.mesh.axis_names)
+        if unknown:
+            raise ValueError(f"sharding rules name mesh axes {sorted(unknown)} that the mesh "
+                             f"{dict(self.mesh.shape)} does not have")
+
+    @property
+    def draft(self) -> Layout:
+        """The draft's layout: without tensor parallelism when replicated (batch stays on `data`)."""
+        if not self.replicate_draft:
+            return self
+        return dataclasses.replace(self, rules=tuple((k, v if k == "batch" else None) for k, v in self.rules))
+
+    def spec(self, axes: tuple[str | None, ...], shape: tuple[int, ...], counts: dict[str, int] | None = None) -> P:
+        """PartitionSpec for an array of `shape` with logical `axes`. `counts` gives an axis' logical count
+        where a dimension fuses it with another (q_heads * head_dim): divisibility is checked on that."""
+        table, counts = dict(self.rules), counts or {}
+        out, used = [], set()
+        for name, dim in zip(axes, shape, strict=True):
+            if name is not None and name not in table:
+                raise KeyError(f"logical axis {name!r} is not in the sharding table; add it to RULES")
+            mesh_axis = table.get(name) if name is not None else None
+            n = self.mesh.shape[mesh_axis] if mesh_axis is not None else 1
+            # replicated instead: no mesh axis, a count that does not divide, or a mesh axis this array already uses
+            if n == 1 or counts.get(name, dim) % n or dim % n or mesh_axis in used:
+                out.append(None)
+            else:
+                out.append(mesh_axis)
+                used.add(mesh_axis)
+        return P(*out)
+
+    def sharding(self, axes, shape, counts=None) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(axes, shape, counts))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    # ------------------------------------------------------------ parameters and caches
+
+    def params(self, c: models.Config):
+        """NamedShardings matching `models.param_specs(c)`: pass to `models.load(..., shardings=)`."""
+        counts = head_counts(c)
+        return jax.tree.map(lambda s: self.sharding(s.axes, s.shape, counts), models.param_specs(c),
+                            is_leaf=lambda x: isinstance(x, models.ParamSpec))
+
+    def cache(self, c: models.Config, batch: int) -> models.KVCache:
+        """NamedShardings of a KVCache of `batch` rows (every layer alike; the length is irrelevant)."""
+        axes = models.cache_axes()
+        kv = self.sharding(axes.k[0], (batch, 1, c.num_kv_heads, c.head_dim))
+        return models.KVCache(k=(kv,) * c.num_layers, v=(kv,) * c.num_layers,
+                              lengths=self.sharding(axes.lengths, (batch,)))
+
+    # ------------------------------------------------------------ loop and threshold state
+
+    def batch(self, batch: int, ndim: int = 1, at: int = 0) -> NamedSharding:
+        """An array with its batch axis at `at` and nothing else sharded."""
+        axes = tuple("batch" if i == at else None for i in range(ndim))
+        return self.sharding(axes, tuple(batch if i == at else 1 for i in range(ndim)))
+
+    def method_state(self, s):
+        """MethodState: every field is per row [B] except pooled thresholds (shape [], replicated)."""
+        B = s.draft_len.shape[0]
+        return jax.tree.map(lambda x: self.batch(B, x.ndim) if x.ndim else self.replicated, s)
+
+    def loop_state(self, s, target: models.Config, draft: models.Config | None):
+        """LoopState field by field: caches per the table, per-row buffers on `data`, key and step replicated."""
+        B = s.last.shape[0]
+        row = lambda x: self.batch(B, x.ndim)
+        dcache = s.draft_cache
+        if draft is None:  # `ar` carries a placeholder draft cache with empty k and v
+            dshard = dcache.replace(k=self.replicated, v=self.replicated, lengths=row(dcache.lengths))
+        else:
+            dshard = self.draft.cache(draft, B)
+        trace = None if s.trace is None else jax.tree.map(lambda x: self.batch(B, x.ndim, at=1), s.trace)
+        return type(s)(target_cache=self.cache(target, B), draft_cache=dshard, last=row(s.last),
+                       pending=row(s.pending), n_pending=row(s.n_pending), out=row(s.out), done=row(s.done),
+                       method=self.method_state(s.method), metrics=jax.tree.map(row, s.metrics),
+                       key=self.replicated, step=self.replicated, trace=trace)
+
+    def constrain(self, s, target: models.Config, draft: models.Config | None):
+        """Pin a LoopState to its shardings inside jit (the while loop's carry keeps them)."""
+        return jax.lax.with_sharding_constraint(s, self.loop_state(s, target, draft))
+
+    def place(self, tree, shardings):
+        """Host or single-device values -> global arrays with these shardings (every process passes the
+        same values; each builds only its own shards)."""
+        def put(x, sh):
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(put(jax.random.key_data(x), sh), impl=jax.random.key_impl(x))
+            a = np.asarray(x)
+            return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
+        return jax.tree.map(put, tree, shardings)
+
+
+def head_counts(c: models.Config) -> dict[str, int]:
+    """Heads are split whole, never inside a head: the fused [heads * head_dim] axes divide by head count."""
+    return {"q_heads": c.num_heads, "kv_heads": c.num_kv_heads}
+
+
+def distributed_requested() -> bool:
+    """Multi-host launch: ADASD_DISTRIBUTED=1, an explicit JAX coordinator, or a multi-worker TPU slice."""
+    if os.environ.get("ADASD_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
+        return True
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def init_distributed() -> bool:
+    """Call `jax.distributed.initialize()` once when launched on several hosts; True if it did."""
+    if not distributed_requested():
+        return False
+    if not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    return True
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

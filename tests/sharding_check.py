@@ -1,0 +1,122 @@
+"""Run by tests/test_sharding.py in a subprocess with 8 forced host devices (XLA_FLAGS must be set before
+JAX starts, so it cannot share the test process). Prints one JSON object on its last line:
+
+    {"single": {method: tokens}, "meshes": {mesh: {"tokens": {method: tokens}, "params": {...}, ...}},
+     "loaded": {source kind: {...}}}
+
+    python tests/sharding_check.py [--full] [--hf DRAFT_DIR TARGET_DIR] [--tmp DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+
+import models
+from adasd_jax import engine, loop
+from adasd_jax.engine import Model, Pair
+
+MESHES = ("data=8,model=1", "data=1,model=8", "data=2,model=4", "data=4,model=2")
+# every method, with small draft buffers: each (method, mesh) is one compilation (~5 s of CPU on a mesh)
+METHODS = ("ar", "sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2", "fsd:K=2", "adasd:K=2,k_max=2")
+# mesh -> (methods, draft replicated). CI: every method on the mixed mesh, one more on each other mesh, the draft
+# sharded like the target on data=4,model=2; --full: every method on every mesh (and the draft option on 2x4).
+CI_PLAN = {"data=2,model=4": (METHODS, True), "data=8,model=1": (("sd:K=2",), True),
+           "data=1,model=8": (("fsd:K=2",), True), "data=4,model=2": (("adasd:K=2,k_max=2",), False)}
+FULL_PLAN = {mesh: (METHODS, True) for mesh in MESHES}
+LOSSLESS = ("sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2")  # equal to ar on one device (test_engine)
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10], [20, 21]]  # batch 4: data=8 replicates it
+MAX_NEW = 12
+
+
+def tiny_pair() -> Pair:
+    """Sizes chosen so that some axes shard and some fall back to replication on each mesh:
+    4 query heads (replicated on model=8), 2 KV heads (sharded only on model=2), FFN 64 and vocab 96
+    (sharded everywhere), batch 4 (replicated on data=8)."""
+    c = models.Config(model_type="llama", vocab_size=96, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, intermediate_size=64, eos_token_ids=(2,), max_position_embeddings=256)
+    pt = models.init_params(c, jax.random.key(0), scale=0.08)
+    pt["embed"], pt["lm_head"] = pt["embed"] / 0.08, pt["lm_head"] / 0.08  # peaked logits, correlated draft
+    dc, pd = models.first_layers(c, pt, 1)
+    return Pair(target=Model(c, pt, "tiny-target"), draft=Model(dc, pd, "tiny-draft"), tokenizer=None, vocab=96)
+
+
+def specs(tree) -> dict:
+    """keystr -> PartitionSpec padded with None to the array's rank, as a list."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(k): list(tuple(a.sharding.spec) + (None,) * (a.ndim - len(a.sharding.spec)))
+            for k, a in flat}
+
+
+def state_specs(pair: Pair, method: str) -> dict:
+    """Shardings of the loop state after the jitted prefill (caches included) on this pair's mesh."""
+    lc, ids = engine._setup(pair, PROMPTS, method, MAX_NEW, 0.0, 0, 1.0, False, False)
+    prompt, lengths, max_len = engine._pad(ids, lc)
+    mstate = loop.init_method_state(lc.method, len(ids))
+    inputs = pair.layout.place((prompt, lengths, mstate, jax.random.key(0)),
+                               engine._input_shardings(pair.layout, mstate, len(ids)))
+    prefill = jax.jit(loop.prefill, static_argnums=(2, 5))
+    s = prefill(pair.target.params, pair.draft.params, lc, inputs[0], inputs[1], max_len, inputs[2], inputs[3])
+    return specs({"target_cache": s.target_cache, "draft_cache": s.draft_cache, "out": s.out, "done": s.done,
+                  "thresholds": s.method.thresholds, "draft_len": s.method.draft_len, "key_data": jax.random.key_data(s.key)})
+
+
+def run_methods(pair: Pair, methods) -> dict:
+    return {m: engine.generate(pair, PROMPTS, method=m, max_new_tokens=MAX_NEW).tokens for m in methods}
+
+
+def loaded(draft, target, mesh: str) -> dict:
+    """load_pair with a mesh: shardings and values against the same files loaded on one device."""
+    one = engine.load_pair(draft=str(draft), target=str(target))
+    sharded = engine.load_pair(draft=str(draft), target=str(target), mesh=mesh)
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree.leaves((one.target.params, one.draft.params)),
+                   jax.tree.leaves((sharded.target.params, sharded.draft.params))))
+    return {"equal_values": same, "target": specs(sharded.target.params["layers"][0]) | specs(
+        {"embed": sharded.target.params["embed"]}), "draft": specs(sharded.draft.params["layers"][0])}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true", help="every method on every mesh (default: CI_PLAN)")
+    ap.add_argument("--hf", nargs=2, metavar=("DRAFT", "TARGET"), help="tiny HF pair directories to load on a mesh")
+    ap.add_argument("--tmp", help="scratch directory for an Orbax round trip")
+    a = ap.parse_args()
+    assert jax.device_count() == 8, jax.devices()
+    base = tiny_pair()
+    plan = FULL_PLAN if a.full else CI_PLAN
+    result = {"single": run_methods(base, [m for m in METHODS if m not in LOSSLESS]), "meshes": {}, "loaded": {}}
+    result["single"] |= {m: result["single"]["ar"] for m in LOSSLESS}
+    for mesh, (methods, replicate_draft) in plan.items():
+        pair = engine.shard(base, mesh, replicate_draft=replicate_draft)
+        result["meshes"][mesh] = {
+            "replicate_draft": replicate_draft,
+            "tokens": run_methods(pair, methods),
+            "target": specs(pair.target.params["layers"][0]) | specs({"embed": pair.target.params["embed"],
+                                                                        "lm_head": pair.target.params["lm_head"]}),
+            "draft": specs(pair.draft.params["layers"][0]),
+            "state": state_specs(pair, "adasd:K=2,k_max=2,per_row=1"),
+        }
+    if a.hf:
+        result["loaded"]["hf"] = loaded(*a.hf, "data=2,model=4")
+    if a.tmp:
+        tmp = Path(a.tmp)
+        for name, model in (("target", base.target), ("draft", base.draft)):
+            models.save(tmp / name, model.config, jax.device_get(model.params))
+        result["loaded"]["orbax"] = loaded(tmp / "draft", tmp / "target", "data=2,model=4")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Sharding on a (data, model) mesh: the table, its replicate fallback, and parity with one device.
+
+The mesh tests need 8 host devices, which XLA only creates if told before JAX starts: they run in one
+subprocess (tests/sharding_check.py) whose JSON result every test here reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jax.sharding import AbstractMesh, AxisType
+from jax.sharding import PartitionSpec as P
+
+import models
+from adasd_jax import cli, sharding
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("ar", "sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2", "fsd:K=2", "adasd:K=2,k_max=2")
+
+
+def run_check(tmp_path, *args) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "sharding_check.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def check(tmp_path_factory, hf_pair):
+    tmp = tmp_path_factory.mktemp("sharding")
+    return run_check(tmp, "--hf", str(hf_pair[0]), str(hf_pair[1]), "--tmp", str(tmp / "orbax"))
+
+
+# ---------------------------------------------------------------- the table, without devices
+
+def abstract(data: int, model: int) -> sharding.Layout:
+    return sharding.Layout(AbstractMesh((data, model), ("data", "model"), axis_types=(AxisType.Auto,) * 2))
+
+
+def test_default_pair_on_model_4_replicates_kv_heads():
+    """Qwen2.5-Coder-1.5B: 12 query heads shard on model=4; its 2 KV heads do not divide and replicate."""
+    c = models.Config(model_type="qwen2", vocab_size=151936, hidden_size=1536, num_layers=1, num_heads=12,
+                      num_kv_heads=2, head_dim=128, intermediate_size=8960, qkv_bias=True)
+    lay = abstract(2, 4)
+    specs = {k: lay.spec(s.axes, s.shape, sharding.head_counts(c)) for k, s in models.param_specs(c)["layers"][0].items()}
+    assert specs["wq"] == P("model", None) and specs["bq"] == P("model") and specs["wo"] == P(None, "model")
+    assert specs["wk"] == specs["wv"] == P(None, None) and specs["bk"] == P(None)
+    assert specs["w_gate"] == P("model", None) and specs["w_down"] == P(None, "model")
+    assert specs["attn_norm"] == P(None)
+    kv = lay.spec(models.cache_axes().k[0], (4, 64, 2, 128))
+    assert kv == P("data", None, None, None)
+    assert lay.spec(("batch",), (3,)) == P(None)  # 3 rows on data=2: replicated
+    assert abstract(1, 2).spec(models.cache_axes().k[0], (1, 64, 2, 128)) == P(None, None, "model", None)
+    # heads split whole: 12 heads * 128 = 1536 divides by 8, 12 heads do not
+    assert abstract(1, 8).spec(("q_heads", "embed"), (1536, 1536), {"q_heads": 12}) == P(None, None)
+
+
+def test_replicated_draft_keeps_only_the_batch_axis():
+    lay = abstract(2, 4)
+    assert lay.draft.spec(("batch", "seq", "kv_heads", "head_dim"), (4, 8, 4, 8)) == P("data", None, None, None)
+    assert lay.draft.spec(("vocab", "embed"), (96, 32)) == P(None, None)
+    sharded = sharding.Layout(lay.mesh, replicate_draft=False).draft
+    assert sharded.spec(("vocab", "embed"), (96, 32)) == P("model", None)
+
+
+def test_unknown_axis_and_mesh_axis_are_named():
+    with pytest.raises(KeyError, match="'experts' is not in the sharding table"):
+        abstract(2, 4).spec(("experts",), (8,))
+    with pytest.raises(ValueError, match=r"mesh axes \['pipe'\]"):
+        sharding.Layout(abstract(2, 4).mesh, rules=dict(sharding.RULES, ffn="pipe"))
+
+
+@pytest.mark.parametrize("spec, devices, want", [
+    (None, 8, (1, 8)), ("data=2,model=4", 8, (2, 4)), ("model=4", 8, (2, 4)), ("data=8", 8, (8, 1)),
+    ("data=1,model=2", 8, (1, 2))])
+def test_parse_mesh(spec, devices, want):
+    assert sharding.parse_mesh(spec, devices) == want
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("data=2,model=8", "needs 16 devices, only 8"), ("model=3", "does not divide the 8 devices"),
+    ("data=two", "bad mesh item"), ("pipe=2", "bad mesh item"), ("data=0", "bad mesh item")])
+def test_parse_mesh_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        sharding.parse_mesh(spec, 8)
+
+
+def test_cli_rejects_a_mesh_larger_than_the_machine(capsys):
+    assert cli.main(["generate", "--target", "x", "--mesh", "data=64,model=64", "hi"]) == 2
+    assert "needs 4096 devices" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- on 8 forced host devices
+
+MESHES = {"data=8,model=1": (8, 1), "data=1,model=8": (1, 8), "data=2,model=4": (2, 4), "data=4,model=2": (4, 2)}
+
+
+def expected_target(data: int, model: int) -> dict:
+    """The table applied by hand to the tiny pair: 4 heads, 2 KV heads, FFN 64, vocab 96."""
+    m = "model" if model > 1 else None
+    heads = m if 4 % model == 0 else None
+    kv = m if 2 % model == 0 else None
+    return {"['wq']": [heads, None], "['wo']": [None, heads], "['wk']": [kv, None], "['wv']": [kv, None],
+            "['w_gate']": [m, None], "['w_up']": [m, None], "['w_down']": [None, m], "['attn_norm']": [None],
+            "['mlp_norm']": [None], "['embed']": [m, None], "['lm_head']": [m, None]}
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_mesh_outputs_equal_one_device(check, mesh):
+    got = check["meshes"][mesh]["tokens"]
+    assert got  # CI: every method on data=2,model=4, one more method on each other mesh (--runslow: all)
+    for method, tokens in got.items():
+        assert tokens == check["single"][method], (mesh, method)
+
+
+def test_every_method_runs_on_the_mixed_mesh(check):
+    assert set(check["meshes"]["data=2,model=4"]["tokens"]) == set(METHODS)
+    assert check["single"]["fsd:K=2"] != check["single"]["ar"]  # a lossy method really differs
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_parameter_and_cache_shardings_follow_the_table(check, mesh):
+    data, model = MESHES[mesh]
+    d = check["meshes"][mesh]
+    target = expected_target(data, model)
+    assert d["target"] == target
+    if d["replicate_draft"]:
+        assert all(all(a is None for a in spec) for spec in d["draft"].values())
+    else:  # sharded like the target
+        assert d["draft"] == {k: v for k, v in target.items() if k not in ("['embed']", "['lm_head']")}
+    rows = "data" if 4 % data == 0 and data > 1 else None
+    kv = "model" if model > 1 and 2 % model == 0 else None
+    st = d["state"]
+    for i in (0, 1):
+        assert st[f"['target_cache'].k[{i}]"] == st[f"['target_cache'].v[{i}]"] == [rows, None, kv, None]
+    assert st["['draft_cache'].k[0]"] == [rows, None, None if d["replicate_draft"] else kv, None]
+    assert st["['target_cache'].lengths"] == st["['done']"] == st["['draft_len']"] == [rows]
+    assert st["['out']"] == [rows, None]
+    assert st["['thresholds'].acc_sum"] == st["['thresholds'].ent_n"] == [rows]  # per_row thresholds
+    assert st["['key_data']"] == [None]
+
+
+def test_both_draft_placements_are_exercised(check):
+    assert {d["replicate_draft"] for d in check["meshes"].values()} == {True, False}
+
+
+@pytest.mark.parametrize("kind", ["hf", "orbax"])
+def test_load_pair_places_parameters_on_the_mesh(check, kind):
+    d = check["loaded"][kind]
+    assert d["equal_values"]
+    want = {k: v for k, v in expected_target(2, 4).items() if k != "['lm_head']"}
+    assert d["target"] == want
+    assert all(all(a is None for a in spec) for spec in d["draft"].values())
+
+
+@pytest.mark.slow
+def test_every_method_on_every_mesh(tmp_path):
+    r = run_check(tmp_path, "--full")
+    for mesh in MESHES:
+        assert set(r["meshes"][mesh]["tokens"]) == set(METHODS)
+        for method, tokens in r["meshes"][mesh]["tokens"].items():
+            assert tokens == r["single"][method], (mesh, method)
+
+
+@pytest.mark.parametrize("env, want", [
+    ({}, False), ({"ADASD_DISTRIBUTED": "1"}, True), ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, True), ({"TPU_WORKER_HOSTNAMES": "localhost"}, False)])
+def test_multihost_launch_is_detected_from_the_environment(monkeypatch, env, want):
+    for k in ("ADASD_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert sharding.distributed_requested() is want
