@@ -435,13 +435,13 @@ def teacher_forced_agreement(draft_config, draft_params, target_config, target_p
 def evaluate(pair, problems, methods: list[str], max_new_tokens: int, eval_tokens, eval_mask, dtype,
              progress: bool = True) -> dict:
     """Greedy agreement (teacher-forced on held-out text) and engine figures for each method."""
-    from adasd_jax.bench import runner
+    from adasd_jax.bench import report, runner
 
     pair.states.clear()
     agreement = teacher_forced_agreement(pair.draft.config, pair.draft.params, pair.target.config, pair.target.params,
                                          eval_tokens, eval_mask, dtype)
-    records = runner.run(pair, problems, methods, max_new_tokens, progress=progress)
-    summary = runner.summarize(records, methods)
+    records = runner.run(pair, problems, methods, max_new_tokens, trace=False, progress=progress)
+    summary = report.summarize(records, methods)
     rows = {}
     for m, r in summary["methods"].items():
         rounds = sum(x["rounds"] for x in records[m])
