@@ -35,6 +35,7 @@ import optax
 from flax import struct
 
 import models
+from adasd_jax.bench.datasets import GSM8K_INSTRUCTION, jsonl_rows
 
 Params = dict[str, Any]
 
@@ -147,7 +148,6 @@ def make_agreement(draft_config: models.Config, target_config: models.Config, dt
 
 # ---------------------------------------------------------------- data
 
-GSM8K_INSTRUCTION = "\nSolve step by step and end with 'The answer is N'."  # as in bench.datasets
 
 
 def read_rows(path: str | Path, offset: int = 0, limit: int | None = None) -> list[dict]:
@@ -156,17 +156,11 @@ def read_rows(path: str | Path, offset: int = 0, limit: int | None = None) -> li
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"data file {path} is not UTF-8 text ({e}); convert it to UTF-8 jsonl") from e
     rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i} is not valid JSON ({e}); expected one JSON object per line") from e
+    for i, row in jsonl_rows(text, str(path)):
         if not isinstance(row, dict) or not (isinstance(row.get("text"), str)
                                              or isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
             fields = sorted(row) if isinstance(row, dict) else type(row).__name__

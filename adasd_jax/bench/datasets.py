@@ -46,15 +46,20 @@ class Problem:
 
 # ---------------------------------------------------------------- reading
 
-def _parse_jsonl(text: str, where: str, fields: tuple[str, ...]) -> list[dict]:
-    rows = []
+def jsonl_rows(text: str, where: str):
+    """(line number, parsed object) for each non-blank line; a clear error naming the bad line."""
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield i, json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}:{i} is not valid JSON: {e}") from e
+            raise ValueError(f"{where}:{i} is not valid JSON ({e}); expected one JSON object per line") from e
+
+
+def _parse_jsonl(text: str, where: str, fields: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for i, row in jsonl_rows(text, where):
         missing = [f for f in fields if f not in row]
         if missing:
             raise ValueError(f"{where}:{i} lacks field(s) {missing}; expected one JSON object per line with {list(fields)}")
