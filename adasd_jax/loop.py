@@ -19,7 +19,15 @@ from adasd_jax.divergence import Sampling, choose, entropy, js_distance, transfo
 from adasd_jax.policies import Method
 from adasd_jax.state import LoopState, MethodState, Metrics, ThresholdState, Trace
 
-WIDTHS = (0, 1, 2, 4, 8, 16, 32, 64)  # candidate verification widths (proposals per target call)
+# Candidate verification widths (proposals per target call). The target then runs w + 1 rows, a power
+# of two: XLA:CPU's bf16 dot streams the weights once per 8- or 16-row tile, so 17 rows cost 2.3x one
+# row while 2-8 rows cost about 1x (docs/results/verify_widths_cpu.md).
+WIDTHS = (0, 1, 3, 7, 15, 31, 63)
+
+
+def verify_widths(cap: int) -> tuple[int, ...]:
+    """The static widths compiled for a draft buffer of `cap` proposals: the candidates below it, then cap."""
+    return tuple(w for w in WIDTHS if w < cap) + (cap,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +51,7 @@ class LoopConfig:
 
     @property
     def widths(self) -> tuple[int, ...]:
-        return tuple(w for w in WIDTHS if w < self.k) + (self.k,)
+        return verify_widths(self.k)
 
     @property
     def out_len(self) -> int:

@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     import models
     from adasd_jax import engine
     from adasd_jax.bench.roofline import DRAFT, TARGET
-    from adasd_jax.loop import WIDTHS
+    from adasd_jax.loop import verify_widths
 
     dev = jax.devices()[0]
     report = {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__}
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     sheet = datasheet(dev.device_kind)
     report.update(copy_gb_s=bw, datasheet_gb_s=sheet)
     print(f"\nbandwidth: copy {bw:.0f} GB/s (read+write); datasheet {sheet or '?'} GB/s")
-    widths = [w for w in WIDTHS if w <= 16]
+    widths = list(verify_widths(16))
     t = step_times(jax, jnp, models, TARGET, [w + 1 for w in widths], a.position, a.cache_len, a.repeats)
     d = step_times(jax, jnp, models, DRAFT, [1, 2], a.position, a.cache_len, a.repeats)
     print(
