@@ -5,7 +5,8 @@
 
 Random weights of the real shapes (nothing is downloaded). For each width T (1 = one-token decode,
 more = a verification forward) it times a jitted `models.forward` of T new tokens with the cache
-filled to --position (median of --repeats after a compiling warm-up), and compares the parameter
+filled to --position (median of --repeats after a compiling warm-up; the widths take turns, one
+call each per repeat, so a noisy machine's drift hits every width alike), and compares the parameter
 bytes one forward reads with the memory bandwidth measured in the same run:
 
   param bytes = every weight once, lm_head in full, but only the B*T gathered rows of the embedding
@@ -82,25 +83,35 @@ def param_bytes(c: models.Config, params, tokens: int) -> int:
 
 
 def bench_model(name, c, dtype, args, roof, xla_roof) -> list[dict]:
+    """Step time per width, the widths timed round-robin (one call each per repeat) so drift hits all alike."""
     params = models.init_params(c, jax.random.key(1), dtype)
     cache = models.init_cache(c, args.batch, args.cache_len, dtype)
     cache = cache.with_lengths(jnp.full((args.batch,), args.position, jnp.int32))
     kv_bytes = sum(a.nbytes for a in cache.k + cache.v)
     fwd = jax.jit(models.forward, static_argnums=1)
-    rows = []
+    calls, first_call_s, times = {}, {}, {w: [] for w in args.widths}
     for width in args.widths:
         tokens = jax.random.randint(jax.random.key(width), (args.batch, width), 0, c.vocab_size, jnp.int32)
+        calls[width] = functools.partial(fwd, params, c, tokens, cache)
         t0 = time.perf_counter()
-        jax.block_until_ready(fwd(params, c, tokens, cache))
-        compile_s = time.perf_counter() - t0
-        step = median_time(lambda: fwd(params, c, tokens, cache), args.repeats)
+        jax.block_until_ready(calls[width]())
+        first_call_s[width] = time.perf_counter() - t0
+    for _ in range(args.repeats):
+        for width in args.widths:
+            t0 = time.perf_counter()
+            jax.block_until_ready(calls[width]())
+            times[width].append(time.perf_counter() - t0)
+    rows = []
+    for width in args.widths:
+        step = float(np.median(times[width]))
         nbytes = param_bytes(c, params, args.batch * width)
         rows.append(dict(model=name, dtype=jnp.dtype(dtype).name, width=width, batch=args.batch, step_ms=step * 1e3,
+                         x_one_token=step / float(np.median(times[args.widths[0]])),
                          tokens_per_s=args.batch * width / step, param_bytes=nbytes, kv_bytes=kv_bytes,
                          gb_per_s=nbytes / step / 1e9, of_roof=nbytes / step / 1e9 / roof,
-                         of_xla=nbytes / step / 1e9 / xla_roof, first_call_s=compile_s))
+                         of_xla=nbytes / step / 1e9 / xla_roof, first_call_s=first_call_s[width]))
         r = rows[-1]
-        print(f"{name:6} {r['dtype']:8} {width:3d} {r['step_ms']:9.1f} {r['tokens_per_s']:8.2f} "
+        print(f"{name:6} {r['dtype']:8} {width:3d} {r['step_ms']:9.1f} {r['x_one_token']:6.2f} {r['tokens_per_s']:8.2f} "
               f"{nbytes / 1e9:8.3f} {kv_bytes / 1e6:7.1f} {r['gb_per_s']:7.2f} {r['of_roof']:6.3f} {r['of_xla']:6.3f}",
               flush=True)
     return rows
@@ -129,7 +140,7 @@ def main(argv=None):
     roof = max(bw.values())
     xla_roof = max(v for k, v in bw.items() if k.startswith(f"xla {dtype.name}"))
     print(f"roofline: {roof:.2f} GB/s (best above); best XLA {dtype.name} matvec: {xla_roof:.2f} GB/s")
-    print(f"{'model':6} {'dtype':8} {'T':>3} {'step ms':>9} {'tok/s':>8} {'param GB':>8} {'kv MB':>7} "
+    print(f"{'model':6} {'dtype':8} {'T':>3} {'step ms':>9} {'x T1':>6} {'tok/s':>8} {'param GB':>8} {'kv MB':>7} "
           f"{'GB/s':>7} {'ofroof':>6} {'of xla':>6}")
     rows = []
     for name, c in {"target": [("target", TARGET)], "draft": [("draft", DRAFT)],
