@@ -55,9 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a model's architecture, parameter count, dtype and tokenizer")
     i.add_argument("src")
     sub.add_parser("bench", help="benchmark methods side by side (see `adasd bench --help`)", add_help=False)
-    from adasd_jax import distill
-
-    distill.add_arguments(sub.add_parser("distill", help="train a draft for a target (optax; resumable)"))
+    sub.add_parser("distill", help="train a draft for a target (optax; resumable; see `adasd distill --help`)",
+                   add_help=False)
     return ap
 
 
@@ -162,7 +161,15 @@ def main(argv=None) -> int:
         from adasd_jax.bench import runner
 
         return runner.main(argv[1:]) or 0
-    a = _parser().parse_args(argv)
+    if argv[:1] == ["distill"]:  # its own parser: building it imports JAX and optax, which --help need not
+        from adasd_jax import distill
+
+        p = argparse.ArgumentParser(prog="adasd distill", description="Train a draft for a target (optax; resumable).")
+        distill.add_arguments(p)
+        a = p.parse_args(argv[1:])
+        a.command = "distill"
+    else:
+        a = _parser().parse_args(argv)
     from adasd_jax.fetch import FetchError
     from models import CheckpointError, ConfigError
 

@@ -89,8 +89,20 @@ def test_errors_a_person_can_act_on(capsys, hf_pair, tmp_path):
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "adasd_jax", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    for sub in ("generate", "fetch", "convert", "info", "bench"):
+    for sub in ("generate", "fetch", "convert", "info", "bench", "distill"):
         assert sub in out.stdout
+    out = subprocess.run([sys.executable, "-m", "adasd_jax", "distill", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "--init" in out.stdout
+
+
+def test_help_does_not_import_jax():
+    """`adasd --help` answers without loading JAX or optax (the package exports load on first use)."""
+    code = ("import sys, adasd_jax.cli as c\n"
+            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('jax', 'optax', 'flax', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
 def test_ctrl_c_exits_cleanly(capsys, monkeypatch):
