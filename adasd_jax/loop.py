@@ -21,7 +21,7 @@ from adasd_jax.state import LoopState, MethodState, Metrics, ThresholdState, Tra
 
 # Candidate verification widths (proposals per target call). The target then runs w + 1 rows, a power
 # of two: XLA:CPU's bf16 dot streams the weights once per 8- or 16-row tile, so 17 rows cost 2.3x one
-# row while 2-8 rows cost about 1x (docs/results/verify_widths_cpu.md).
+# row while 2-8 rows cost 1.0-1.4x (docs/results/verify_widths_cpu.md).
 WIDTHS = (0, 1, 3, 7, 15, 31, 63)
 
 
