@@ -228,3 +228,63 @@ def test_bench_cli_reports_bad_input(tmp_path, capsys):
 def test_paired_difference_single_problem_has_no_interval():
     p = report.paired_difference([True], [False])
     assert p["diff_points"] == 100.0 and p["ci95_points"] is None
+
+
+def test_speed_ratios_use_only_the_problems_both_methods_ran():
+    rec = lambda pid, tok, s: {"problem": pid, "new_tokens": tok, "run_s": s, "compile_s": 0.0, "tokens": [0] * tok}
+    records = {"ar": [rec("p0", 10, 1.0), rec("p1", 10, 4.0)], "hf-ar": [rec("p0", 10, 5.0)]}
+    summary = report.summarize(records, ["ar", "hf-ar"], step_samples=[0.2, 0.1, 0.3])
+    rows = summary["methods"]
+    assert rows["ar"]["tokens_per_s"] == pytest.approx(4.0)  # 20 tokens in 5 s over both problems
+    assert rows["ar"]["speedup_vs_hf_ar"] == pytest.approx(5.0)  # on p0 alone: 10 tok/s against 2
+    assert rows["hf-ar"]["speedup_vs_ar"] == pytest.approx(0.2)
+    assert summary["target_step_s"] == pytest.approx(0.2) and summary["ar_vs_step_limit"] == pytest.approx(0.8)
+    assert "| n |" in report.markdown(summary, {"dataset": "gsm8k", "offset": 0, "max_new_tokens": 10,
+                                                "temperature": 0.0, "dtype": "float32", "batch_size": 1,
+                                                "device": "cpu", "prompt_template": {"user_message": "q", "chat": True}})
+
+
+def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"w{9 + i} w{30 + i}", "answer": f"w\n#### {i}"})
+                              for i in range(4)))
+    draft, target, pair, hf = loaded
+    common = ["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress", "--no-plots",
+              "--data-file", str(data), "--max-new-tokens", "6", "--methods", "ar,sd:K=2,hf-ar", "--peer-limit", "1"]
+    parts = []
+    for offset in (0, 2):
+        a = runner._parser().parse_args([*common, "--offset", str(offset), "--limit", "2",
+                                         "--out-dir", str(tmp_path / f"part{offset}")])
+        parts.append(runner.bench(a, pair=pair, hf=hf))
+    first = parts[0]
+    assert [r["problem"] for r in first["records"]["hf-ar"]] == ["gsm8k/0"]  # the peer ran on the first problem only
+    assert len(first["records"]["ar"]) == 2 and first["config"]["peer_limit"] == 1
+    assert first["summary"]["target_step_samples"] == 6  # 3 per problem, interleaved with the methods
+    assert first["summary"]["ar_vs_step_limit"] > 0 and first["config"]["commit"]
+    shared = {"gsm8k/0"}
+    ar0 = [r for r in first["records"]["ar"] if r["problem"] in shared]
+    hf0 = first["records"]["hf-ar"]
+    expect = (ar0[0]["new_tokens"] / ar0[0]["run_s"]) / (hf0[0]["new_tokens"] / hf0[0]["run_s"])
+    assert first["summary"]["methods"]["ar"]["speedup_vs_hf_ar"] == pytest.approx(expect)
+
+    a = runner._parser().parse_args(["--merge", str(tmp_path / "part0"), str(tmp_path / "part2"),
+                                     "--no-plots", "--out-dir", str(tmp_path / "merged")])
+    merged = runner.bench(a)
+    assert json.loads((tmp_path / "merged" / "results.json").read_text()) == merged
+    assert merged["config"]["problems"] == [f"gsm8k/{i}" for i in range(4)]
+    assert len(merged["config"]["merged_from"]) == 2 and merged["summary"]["target_step_samples"] == 12
+    for m in ("ar", "sd:K=2", "hf-ar"):
+        assert merged["records"][m] == parts[0]["records"][m] + parts[1]["records"][m]
+    rows = merged["summary"]["methods"]
+    both = parts[0]["records"]["ar"] + parts[1]["records"]["ar"]
+    assert rows["ar"]["tokens_per_s"] == pytest.approx(sum(r["new_tokens"] for r in both) / sum(r["run_s"] for r in both))
+    assert rows["sd:K=2"]["lossless_check"] == "identical" and rows["hf-ar"]["n"] == 2
+    assert "Merged from" in (tmp_path / "merged" / "results.md").read_text()
+
+    with pytest.raises(ValueError, match="problem gsm8k/0 is in both"):
+        runner.merge([tmp_path / "part0", tmp_path / "part0"])
+    b = runner._parser().parse_args([*common, "--offset", "0", "--limit", "1", "--max-new-tokens", "5",
+                                     "--no-step-timing", "--out-dir", str(tmp_path / "other")])
+    runner.bench(b, pair=pair, hf=hf)
+    with pytest.raises(ValueError, match="different settings \\(max_new_tokens"):
+        runner.merge([tmp_path / "part2", tmp_path / "other"])

@@ -50,8 +50,29 @@ def _sum(rs, key):
     return None if any(v is None for v in vals) else sum(vals)
 
 
-def summarize(records: dict, methods: list[str], greedy: bool = True) -> dict:
-    ref = records.get("ar")
+def _rate(rs: list[dict], problems: set | None = None) -> float:
+    """Tokens/s over the records (of the given problems)."""
+    rs = [r for r in rs if problems is None or r["problem"] in problems]
+    secs = sum(r["run_s"] for r in rs)
+    return sum(r["new_tokens"] for r in rs) / secs if secs > 0 else 0.0
+
+
+def speedup(records: dict, method: str, reference: str) -> float | None:
+    """method's tokens/s over reference's, both on the problems they share (peers may cover a prefix only)."""
+    shared = {r["problem"] for r in records[method]} & {r["problem"] for r in records[reference]}
+    base = _rate(records[reference], shared) if shared else 0.0
+    return _rate(records[method], shared) / base if base > 0 else None
+
+
+# (column, reference method or role) for the speed ratios every row gets when the reference ran
+RATIOS = [("speedup_vs_ar", "ar"), ("speedup_vs_sd_k4", "sd_k4"), ("speedup_vs_best_sd", "best_sd"),
+          ("speedup_vs_hf_ar", "hf-ar"), ("speedup_vs_hf_assisted", "hf-assisted")]
+
+
+def summarize(records: dict, methods: list[str], greedy: bool = True, step_samples: list[float] | None = None,
+              batch_size: int = 1) -> dict:
+    """Per-method totals, fidelity to `ar` and paired accuracy (matched by problem id), and the speed ratios."""
+    ref = {r["problem"]: r for r in records.get("ar", [])}
     rows = {}
     for m in methods:
         rs = records[m]
@@ -61,7 +82,7 @@ def summarize(records: dict, methods: list[str], greedy: bool = True) -> dict:
         if m == "hf-ar":
             calls = tok
         drafted, accepted = _sum(rs, "drafted"), _sum(rs, "accepted")
-        row = {"n": len(rs), "tokens_per_s": tok / secs if secs > 0 else 0.0, "new_tokens": tok, "run_s": secs,
+        row = {"n": len(rs), "tokens_per_s": _rate(rs), "new_tokens": tok, "run_s": secs,
                "compile_s": sum(r["compile_s"] for r in rs), "target_calls": calls,
                "tokens_per_call": tok / calls if calls else None,
                "accepted_per_round": accepted / rounds if rounds else None, "drafted": drafted,
@@ -71,29 +92,33 @@ def summarize(records: dict, methods: list[str], greedy: bool = True) -> dict:
             row["t_g"] = math.inf  # no rejection seen yet (written as null in JSON)
         if rs[0].get("correct") is not None:
             row["accuracy"] = sum(bool(r["correct"]) for r in rs) / len(rs)
-        if ref is not None:
-            pairs = list(zip(rs, ref))
+        pairs = [(r, ref[r["problem"]]) for r in rs if r["problem"] in ref]
+        if pairs:
             row["agreement_with_ar"] = float(np.mean([agreement(r["tokens"], a["tokens"]) for r, a in pairs]))
             row["identical_to_ar"] = sum(r["tokens"] == a["tokens"] for r, a in pairs)
             firsts = [first_divergence(r["tokens"], a["tokens"]) for r, a in pairs]
             row["first_divergences"] = [f for f in firsts if f is not None]
             if greedy and m != "ar" and is_lossless(m):
-                row["lossless_check"] = "identical" if row["identical_to_ar"] == len(rs) else "DIFFERS"
+                row["lossless_check"] = "identical" if row["identical_to_ar"] == len(pairs) else "DIFFERS"
             if "accuracy" in row and m != "ar":
-                row["paired_vs_ar"] = paired_difference([bool(r["correct"]) for r in rs],
-                                                        [bool(a["correct"]) for a in ref])
+                row["paired_vs_ar"] = paired_difference([bool(r["correct"]) for r, _ in pairs],
+                                                        [bool(a["correct"]) for _, a in pairs])
         rows[m] = row
     sd = [m for m in methods if m.split(":")[0] == "sd"]
-    best_sd = max(sd, key=lambda m: rows[m]["tokens_per_s"]) if sd else None
-    sd4 = next((m for m in sd if Method.parse(m).k == 4), None)
-    for row in rows.values():
-        if "ar" in rows and rows["ar"]["tokens_per_s"] > 0:
-            row["speedup_vs_ar"] = row["tokens_per_s"] / rows["ar"]["tokens_per_s"]
-        if best_sd:
-            row["speedup_vs_best_sd"] = row["tokens_per_s"] / rows[best_sd]["tokens_per_s"]
-        if sd4:
-            row["speedup_vs_sd_k4"] = row["tokens_per_s"] / rows[sd4]["tokens_per_s"]
-    return {"methods": rows, "best_sd": best_sd, "sd_k4": sd4}
+    roles = {"best_sd": max(sd, key=lambda m: rows[m]["tokens_per_s"]) if sd else None,
+             "sd_k4": next((m for m in sd if Method.parse(m).k == 4), None)}
+    for m, row in rows.items():
+        for col, who in RATIOS:
+            reference = roles.get(who, who)
+            if reference in rows:
+                row[col] = speedup(records, m, reference)
+    out = {"methods": rows, **roles}
+    if step_samples:
+        step = float(np.median(step_samples))
+        out |= {"target_step_s": step, "target_step_samples": len(step_samples)}
+        if "ar" in rows and batch_size == 1:  # the bare step is a B=1 step
+            out["ar_vs_step_limit"] = rows["ar"]["tokens_per_s"] * step
+    return out
 
 
 def _cell(v) -> str:
@@ -104,7 +129,8 @@ def _cell(v) -> str:
     return str(v)
 
 
-COLUMNS = ["tokens_per_s", "compile_s", "speedup_vs_ar", "speedup_vs_sd_k4", "speedup_vs_best_sd", "tokens_per_call",
+COLUMNS = ["n", "tokens_per_s", "compile_s", "speedup_vs_ar", "speedup_vs_sd_k4", "speedup_vs_best_sd",
+           "speedup_vs_hf_ar", "speedup_vs_hf_assisted", "tokens_per_call",
            "accepted_per_round", "target_calls", "drafted", "wasted", "lossy", "accuracy", "agreement_with_ar",
            "identical_to_ar", "t_g", "t_v"]
 
@@ -112,7 +138,9 @@ COLUMNS = ["tokens_per_s", "compile_s", "speedup_vs_ar", "speedup_vs_sd_k4", "sp
 def markdown(summary: dict, config: dict) -> str:
     rows = summary["methods"]
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values())]
-    n = next(iter(rows.values()))["n"] if rows else 0
+    if len({r["n"] for r in rows.values()}) == 1:
+        cols.remove("n")
+    n = max((r["n"] for r in rows.values()), default=0)
     lines = [(f"dataset **{config['dataset']}** ({n} problems from offset {config['offset']}), prompt template: "
              f"`{config['prompt_template']['user_message']}`, chat template "
              f"{'on' if config['prompt_template']['chat'] else 'off'}; {config['max_new_tokens']} new tokens, "
@@ -121,6 +149,19 @@ def markdown(summary: dict, config: dict) -> str:
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m, row in rows.items():
         lines.append(f"| {m} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
+    if "n" in cols:
+        lines += ["", ("Methods ran on different numbers of problems (column n: the torch peers on the first ones); "
+                       "every ratio is taken over the problems both methods ran.")]
+    if "target_step_s" in summary:
+        s = summary["target_step_s"]
+        lines += ["", f"One jitted target decode step (B=1), median of {summary['target_step_samples']} timings "
+                      f"interleaved with the methods: {s * 1e3:.1f} ms (1/step = {1 / s:.2f} tok/s)"
+                  + (f"; `ar` reaches {summary['ar_vs_step_limit']:.3f} of it." if "ar_vs_step_limit" in summary
+                     else ".")]
+    if config.get("merged_from"):
+        lines += ["", "Merged from " + ", ".join(f"`{x['dir']}` (problems {x['first']}..{x['last']}, "
+                                                 f"commit {x.get('commit') or 'unrecorded'})"
+                                                 for x in config["merged_from"]) + "."]
     checks = [(m, r) for m, r in rows.items() if "lossless_check" in r]
     if checks:
         lines += ["", ("Lossless methods vs `ar` (greedy; exact equality is a float32 statement, in bfloat16 "

@@ -135,19 +135,30 @@ def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict)
 
 # ---------------------------------------------------------------- running
 
-def time_target_step(pair: engine.Pair, position: int = 256, repeats: int = 10) -> float:
-    """Median seconds of one jitted one-token target decode step (B=1), the `ar` speed limit."""
+def target_step_timer(pair: engine.Pair, position: int = 256):
+    """A function that times one jitted one-token target decode step (B=1), the `ar` speed limit, in seconds.
+
+    Compiled here, once; the runner calls it between problems so the step is timed under the same machine
+    conditions as the methods, and reports the median.
+    """
     c, p = pair.target.config, pair.target.params
     cache = models.init_cache(c, 1, position + 128, jax.tree.leaves(p)[0].dtype).with_lengths(jnp.asarray([position]))
     step = jax.jit(models.forward, static_argnums=1)
     tok = jnp.asarray([[1]], jnp.int32)
     jax.block_until_ready(step(p, c, tok, cache))
-    times = []
-    for _ in range(repeats):
+
+    def once() -> float:
         t = time.perf_counter()
         jax.block_until_ready(step(p, c, tok, cache))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        return time.perf_counter() - t
+
+    return once
+
+
+def time_target_step(pair: engine.Pair, position: int = 256, repeats: int = 10) -> float:
+    """Median seconds of one jitted one-token target decode step (B=1)."""
+    once = target_step_timer(pair, position)
+    return statistics.median(once() for _ in range(repeats))
 
 
 def _row_trace(trace, b: int, rounds: int) -> dict:
@@ -190,22 +201,36 @@ def _peer_record(pair, hf, prob, spec, max_new_tokens, temperature, seed, warm: 
 
 def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str], max_new_tokens: int,
         temperature: float = 0.0, seed: int = 0, batch_size: int = 1, hf: peers.HFPair | None = None,
-        trace: bool = True, progress: bool = True, exec_timeout: float = execution.TIMEOUT_S) -> dict:
-    """Every method on every problem; the method order rotates per batch of problems. Returns per-method records."""
+        trace: bool = True, progress: bool = True, exec_timeout: float = execution.TIMEOUT_S,
+        peer_limit: int = 0, step_samples: list[float] | None = None) -> dict:
+    """Every method on every problem; the method order rotates per batch of problems. Returns per-method records.
+
+    peer_limit > 0 runs the torch peers on the first `peer_limit` problems only (they are 5-10x slower);
+    their ratios are then taken over the problems they share with each method. A `step_samples` list
+    receives 3 timings of one bare target decode step per batch of problems, interleaved with the methods.
+    """
     from tqdm import tqdm
 
     if any(m in peers.PEERS for m in methods) and hf is None:
         raise ValueError("hf-ar/hf-assisted need the torch models: pass hf=peers.load_peers(...)")
     records = {m: [] for m in methods}
     chunks = [problems[i:i + batch_size] for i in range(0, len(problems), batch_size)]
-    bar = tqdm(total=len(chunks) * len(methods), disable=not progress, unit="call", file=sys.stderr)
+    n_peer = sum(m in peers.PEERS for m in methods)
+    skipped = n_peer * sum(1 for c in range(len(chunks)) if peer_limit and c * batch_size >= peer_limit)
+    bar = tqdm(total=len(chunks) * len(methods) - skipped, disable=not progress, unit="call", file=sys.stderr)
     warm, exec_cache = set(), {}
+    step_once = target_step_timer(pair) if step_samples is not None else None
     for c, chunk in enumerate(chunks):
+        if step_once is not None:
+            step_samples += [step_once() for _ in range(3)]
         order = methods[c % len(methods):] + methods[:c % len(methods)]
         for spec in order:
             if spec in peers.PEERS:
-                recs = [_peer_record(pair, hf, p, spec, max_new_tokens, temperature, seed + c * batch_size + j, warm)
-                        for j, p in enumerate(chunk)]
+                first = c * batch_size
+                recs = [_peer_record(pair, hf, p, spec, max_new_tokens, temperature, seed + first + j, warm)
+                        for j, p in enumerate(chunk) if not peer_limit or first + j < peer_limit]
+                if not recs:
+                    continue
             else:
                 recs = _jax_records(pair, chunk, spec, max_new_tokens, temperature, seed + c, trace)
             for prob, rec in zip(chunk, recs):
@@ -217,6 +242,53 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
             bar.set_postfix_str(" ".join(f"{m} {v:.1f}" for m, v in rates.items()) + " tok/s", refresh=False)
     bar.close()
     return records
+
+
+# ---------------------------------------------------------------- merging runs
+
+# configuration keys that may differ between runs that are merged into one result set
+PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "merged_from"}
+
+
+def merge(dirs: list[str | Path]) -> tuple[dict, dict, dict]:
+    """(config, summary, records) of several runs over disjoint problems with the same settings.
+
+    Each problem's methods still ran interleaved within one run, so ratios and paired comparisons stay
+    per-problem; every run's adasd threshold state started fresh, which the merged config records.
+    """
+    runs = []
+    for d in dirs:
+        f = Path(d) / "results.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"--merge: {f} does not exist (pass directories written by `adasd bench`)")
+        runs.append((Path(d), json.loads(f.read_text())))
+    if len(runs) < 2:
+        raise ValueError("--merge needs at least two result directories")
+    first = runs[0][1]["config"]
+    for d, r in runs[1:]:
+        diff = sorted(k for k in set(first) | set(r["config"]) - PER_RUN
+                      if k not in PER_RUN and first.get(k) != r["config"].get(k))
+        if diff:
+            raise ValueError(f"--merge: {d} was run with different settings ({', '.join(diff)}); only runs of one "
+                             "configuration over different problems can be merged")
+    seen: dict[str, Path] = {}
+    for d, r in runs:
+        for pid in r["config"]["problems"]:
+            if pid in seen:
+                raise ValueError(f"--merge: problem {pid} is in both {seen[pid]} and {d}")
+            seen[pid] = d
+    methods = first["methods"]
+    records = {m: [rec for _, r in runs for rec in r["records"][m]] for m in methods}
+    steps = [x for _, r in runs for x in r["summary"].get("target_step_samples_s", [])]
+    config = {**first, "argv": sys.argv, "commit": source_commit(), "problems": list(seen),
+              "offset": min(r["config"]["offset"] for _, r in runs), "limit": len(seen),
+              "threshold_state": first["threshold_state"] + f"; reset at the start of each of the {len(runs)} runs",
+              "merged_from": [{"dir": str(d), "argv": r["config"]["argv"], "commit": r["config"].get("commit"),
+                               "first": r["config"]["problems"][0], "last": r["config"]["problems"][-1]}
+                              for d, r in runs]}
+    summary = report.summarize(records, methods, greedy=first["temperature"] == 0, step_samples=steps or None,
+                               batch_size=first["batch_size"])
+    return config, summary, records
 
 
 # ---------------------------------------------------------------- output
@@ -232,13 +304,29 @@ def _finite(x):
     return x
 
 
+def source_commit() -> str | None:
+    """The checkout's git commit (with '-dirty' for uncommitted changes), None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def configuration(a, pair, hf, problems, methods, data_file) -> dict:
-    cfg = {"argv": sys.argv, "dataset": a.dataset, "data_file": str(data_file) if data_file else None,
+    cfg = {"argv": sys.argv, "commit": source_commit(), "dataset": a.dataset, "data_file": str(data_file) if data_file else None,
            "offset": a.offset, "limit": a.limit, "problems": [p.id for p in problems],
            "prompt_template": datasets.TEMPLATES[a.dataset], "methods": methods,
            "method_settings": {m: repr(Method.parse(m)) for m in methods if m not in peers.PEERS},
            "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "seed": a.seed,
-           "batch_size": a.batch_size, "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
+           "batch_size": a.batch_size, "peer_limit": a.peer_limit or None, "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
            "machine": platform.platform(), "cpu_count": os.cpu_count(), "trace": not a.no_trace,
            "threshold_state": "carried over the whole run per method (the engine's default)",
            "models": {"draft": describe(pair.draft.source if pair.draft else None),
@@ -275,7 +363,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-trace", action="store_true", help="skip the per-round trace (and its plots)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--no-step-timing", action="store_true", help="skip timing one bare target decode step")
+    ap.add_argument("--no-step-timing", action="store_true",
+                    help="skip timing one bare target decode step (3 timings per batch of problems, interleaved)")
+    ap.add_argument("--peer-limit", type=int, default=0,
+                    help="run hf-ar/hf-assisted on the first N problems only (0 = all); ratios use shared problems")
+    ap.add_argument("--merge", nargs="+", metavar="DIR",
+                    help="merge the results.json of runs with the same settings over different problems into "
+                         "--out-dir (runs nothing)")
     ap.add_argument("--hf-gguf", default="dequantize", choices=peers.GGUF_MODES,
                     help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
                          "or transformers' packed quantized kernels")
@@ -286,7 +380,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) -> dict:
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
+    if a.merge:
+        return write_results(Path(a.out_dir), *merge(a.merge), plots=not a.no_plots)
     methods = split_methods(a.methods)
+    if a.peer_limit < 0:
+        raise ValueError(f"--peer-limit must be >= 0, got {a.peer_limit}")
     if a.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
     data_file = a.data_file
@@ -304,28 +402,28 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         t = time.perf_counter()
         hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf)
         print(f"loaded the transformers peers in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    steps = None if a.no_step_timing else []
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
-                  trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout)
-    summary = report.summarize(records, methods, greedy=a.temperature == 0)
-    if not a.no_step_timing:
-        step = time_target_step(pair)
-        summary["target_step_s"] = step
-        if "ar" in summary["methods"]:
-            summary["ar_vs_step_limit"] = summary["methods"]["ar"]["tokens_per_s"] * step
+                  trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout,
+                  peer_limit=a.peer_limit, step_samples=steps)
     config = configuration(a, pair, hf, problems, methods, data_file)
+    summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
+                               batch_size=a.batch_size)
+    if steps:
+        summary["target_step_samples_s"] = steps
     if jax.process_index() != 0:  # multi-host: process 0 alone writes
         return {"config": config, "summary": summary, "records": records}
-    out = Path(a.out_dir)
+    return write_results(Path(a.out_dir), config, summary, records, plots=not a.no_plots)
+
+
+def write_results(out: Path, config: dict, summary: dict, records: dict, plots: bool = True) -> dict:
+    """results.json, results.md and the PNGs into `out`; prints the table. Returns what results.json holds."""
     table = report.markdown(summary, config)
     report.write_atomic(out / "results.md", table)
     result = _finite({"config": config, "summary": summary, "records": records})
     report.write_atomic(out / "results.json", json.dumps(result, indent=1))
-    pngs = [] if a.no_plots else report.plots(records, summary, out)
+    pngs = report.plots(records, summary, out) if plots else []
     print(table)
-    if "target_step_s" in summary:
-        s = summary["target_step_s"]
-        print(f"one jitted target decode step: {s * 1e3:.1f} ms (1/step = {1 / s:.2f} tok/s)"
-              + (f"; ar reaches {summary['ar_vs_step_limit']:.3f} of it" if "ar_vs_step_limit" in summary else ""))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in pngs))
     return result
 
