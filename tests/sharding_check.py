@@ -72,6 +72,19 @@ def state_specs(pair: Pair, method: str) -> dict:
                   "thresholds": s.method.thresholds, "draft_len": s.method.draft_len, "key_data": jax.random.key_data(s.key)})
 
 
+def loop_collectives(pair: Pair) -> dict:
+    """Collectives inside the compiled loops of every generate call so far, against one layer's KV cache."""
+    from adasd_jax.bench.hlo import in_loop_collectives
+
+    out = {}
+    for (lc, batch, _, max_len), compiled in pair.compiled.items():
+        found = in_loop_collectives(compiled.as_text())
+        c = pair.target.config
+        out[repr(lc.method)] = {"count": len(found), "max_elements": max((x.elements for x in found), default=0),
+                                "cache_layer_elements": batch * max_len * c.num_kv_heads * c.head_dim}
+    return out
+
+
 def run_methods(pair: Pair, methods) -> dict:
     return {m: engine.generate(pair, PROMPTS, method=m, max_new_tokens=MAX_NEW).tokens for m in methods}
 
@@ -107,6 +120,7 @@ def main():
                                                                         "lm_head": pair.target.params["lm_head"]}),
             "draft": specs(pair.draft.params["layers"][0]),
             "state": state_specs(pair, "adasd:K=2,k_max=2,per_row=1"),
+            "loop_collectives": loop_collectives(pair),
         }
     if a.hf:
         result["loaded"]["hf"] = loaded(*a.hf, "data=2,model=4")

@@ -288,3 +288,38 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     runner.bench(b, pair=pair, hf=hf)
     with pytest.raises(ValueError, match="different settings \\(max_new_tokens"):
         runner.merge([tmp_path / "part2", tmp_path / "other"])
+
+
+HLO = """HloModule m
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  ROOT %s = f32[] add(f32[] %a, f32[] %b)
+}
+
+%step (p: f32[4,8]) -> f32[4,8] {
+  %x = f32[4,8]{1,0} all-reduce(f32[4,8]{1,0} %p), to_apply=%add
+  ROOT %g = f32[4,8]{1,0} all-gather(f32[4,2]{1,0} %x), dimensions={1}
+}
+
+%body (t: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %c = f32[4,8]{1,0} call(f32[4,8]{1,0} %v), to_apply=%step
+  %pair = (f32[2]{0}, f32[3]{0}) all-reduce(f32[2]{0} %u, f32[3]{0} %w), to_apply=%add
+}
+
+%cond (t: (s32[], f32[4,8])) -> pred[] {
+  ROOT %lt = pred[] compare(s32[] %i, s32[] %n), direction=LT
+}
+
+ENTRY %main (a: f32[64,8]) -> f32[64,8] {
+  %big = f32[64,8]{1,0} all-gather(f32[64,2]{1,0} %a), dimensions={1}
+  %w = (s32[], f32[4,8]) while((s32[], f32[4,8]) %t), condition=%cond, body=%body
+}
+"""
+
+
+def test_in_loop_collectives_reads_loop_bodies_only():
+    from adasd_jax.bench.hlo import in_loop_collectives
+
+    found = sorted((c.computation, c.kind, c.elements) for c in in_loop_collectives(HLO))
+    # the prefill-like all-gather in ENTRY is outside every loop; the called step's and the tuple's are inside
+    assert found == [("body", "all-reduce", 5), ("step", "all-gather", 32), ("step", "all-reduce", 32)]

@@ -146,6 +146,15 @@ def test_parameter_and_cache_shardings_follow_the_table(check, mesh):
     assert st["['key_data']"] == [None]
 
 
+def test_no_collective_in_the_decode_loop_moves_a_kv_cache(check):
+    """What sits inside the loop is paid every step: only activation-sized all-reduces/all-gathers belong there."""
+    for mesh, d in check["meshes"].items():
+        for method, c in d["loop_collectives"].items():
+            if mesh != "data=8,model=1":  # data parallel alone needs no collective per step
+                assert c["count"] > 0, (mesh, method)
+            assert c["max_elements"] < c["cache_layer_elements"], (mesh, method, c)
+
+
 def test_both_draft_placements_are_exercised(check):
     assert {d["replicate_draft"] for d in check["meshes"].values()} == {True, False}
 

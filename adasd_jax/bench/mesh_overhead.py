@@ -27,6 +27,20 @@ PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold h
           "How many clips did Natalia sell altogether in April and May?")
 
 
+def print_loop_collectives(pair: engine.Pair) -> None:
+    """Per compiled program: each loop computation's collectives (count x kind x result shape)."""
+    from collections import Counter
+
+    from adasd_jax.bench.hlo import in_loop_collectives
+
+    for key, compiled in pair.compiled.items():
+        found = in_loop_collectives(compiled.as_text())
+        print(f"\n{key[0].method!r}: {len(found)} collectives inside the loops")
+        for comp in dict.fromkeys(c.computation for c in found):
+            counts = Counter(f"{c.kind} {c.shape}" for c in found if c.computation == comp)
+            print(f"  {comp}: " + "; ".join(f"{n} x {k}" for k, n in counts.most_common()))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", required=True)
@@ -38,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1, help="copies of the prompt per call")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shard-draft", action="store_true", help="shard the draft like the target (default: replicated)")
+    ap.add_argument("--collectives", action="store_true",
+                    help="also list the collectives inside the mesh program's loops (per computation)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     c, params, tok = models.load(a.target, a.dtype)
@@ -69,6 +85,8 @@ def main(argv=None):
               f"{r['compile_s']:.1f} | {same} |")
         result.append({"method": method, "placement": name, "tokens_per_s": med, "runs": r["tok_s"],
                        "compile_s": r["compile_s"], "same_tokens": same})
+    if a.collectives:
+        print_loop_collectives(pairs[f"mesh {a.mesh}"])
     for method in a.methods.split(","):
         base = statistics.median(rows[(method, "one device")]["tok_s"])
         mesh = statistics.median(rows[(method, f"mesh {a.mesh}")]["tok_s"])
