@@ -90,17 +90,19 @@ def total_variation(target_logits: jax.Array, draft_logits: jax.Array) -> jax.Ar
 LOSSES = {"kl": forward_kl, "tv": total_variation}
 
 
-def logits_of(params: Params, config: models.Config, tokens: jax.Array, dtype) -> jax.Array:
-    """Teacher-forced float32 logits [B,T,V] of a whole sequence, computed in `dtype` (fresh cache)."""
+def logits_of(params: Params, config: models.Config, tokens: jax.Array, dtype,
+              segments: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced float32 logits [B,T,V] of packed rows, computed in `dtype` (fresh cache); with segments
+    [B,T], each document attends only to itself."""
     p = jax.tree.map(lambda a: a.astype(dtype), params)
     cache = models.init_cache(config, tokens.shape[0], tokens.shape[1], dtype)
-    return models.forward(p, config, tokens, cache)[0]
+    return models.forward(p, config, tokens, cache, segments=segments)[0]
 
 
 def distill_loss(draft_params: Params, draft_config: models.Config, target_logits: jax.Array, tokens: jax.Array,
-                 mask: jax.Array, h: Hyper) -> jax.Array:
+                 mask: jax.Array, h: Hyper, segments: jax.Array | None = None) -> jax.Array:
     """Mean divergence over the positions where mask is 1; gradients flow into draft_params only."""
-    draft_logits = logits_of(draft_params, draft_config, tokens, models.parse_dtype(h.compute_dtype))
+    draft_logits = logits_of(draft_params, draft_config, tokens, models.parse_dtype(h.compute_dtype), segments)
     per_pos = LOSSES[h.loss](jax.lax.stop_gradient(target_logits), draft_logits)
     return jnp.sum(per_pos * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -122,12 +124,13 @@ def init_state(params: Params, h: Hyper) -> TrainState:
 
 
 def make_train_step(h: Hyper, draft_config: models.Config, target_config: models.Config) -> Callable:
-    """jitted (state, target_params, tokens [B,T], mask [B,T]) -> (state, loss); the state is donated."""
+    """jitted (state, target_params, tokens, mask, segments; all [B,T]) -> (state, loss); the state is donated."""
     tx, dtype = optimizer(h), models.parse_dtype(h.compute_dtype)
 
-    def step(state: TrainState, target_params: Params, tokens: jax.Array, mask: jax.Array):
-        target_logits = jax.lax.stop_gradient(logits_of(target_params, target_config, tokens, dtype))
-        loss, grads = jax.value_and_grad(distill_loss)(state.params, draft_config, target_logits, tokens, mask, h)
+    def step(state: TrainState, target_params: Params, tokens: jax.Array, mask: jax.Array, segments: jax.Array):
+        target_logits = jax.lax.stop_gradient(logits_of(target_params, target_config, tokens, dtype, segments))
+        loss, grads = jax.value_and_grad(distill_loss)(state.params, draft_config, target_logits, tokens, mask, h,
+                                                       segments)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
@@ -136,11 +139,12 @@ def make_train_step(h: Hyper, draft_config: models.Config, target_config: models
 
 
 def make_agreement(draft_config: models.Config, target_config: models.Config, dtype) -> Callable:
-    """jitted (draft_params, target_params, tokens, mask) -> (matches, positions): teacher-forced greedy agreement."""
+    """jitted (draft_params, target_params, tokens, mask, segments) -> (matches, positions): teacher-forced greedy
+    agreement."""
 
-    def agree(draft_params, target_params, tokens, mask):
-        same = (jnp.argmax(logits_of(draft_params, draft_config, tokens, dtype), -1)
-                == jnp.argmax(logits_of(target_params, target_config, tokens, dtype), -1))
+    def agree(draft_params, target_params, tokens, mask, segments):
+        same = (jnp.argmax(logits_of(draft_params, draft_config, tokens, dtype, segments), -1)
+                == jnp.argmax(logits_of(target_params, target_config, tokens, dtype, segments), -1))
         return jnp.sum(same * mask), jnp.sum(mask)
 
     return jax.jit(agree)
@@ -207,8 +211,11 @@ def encode_row(tokenizer, row: dict, chat: bool) -> list[int]:
     return list(ids) + ([eos] if eos is not None and (not ids or ids[-1] != eos) else [])
 
 
-def pack(docs: list[list[int]], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate documents and cut into [N, seq_len] rows; the tail row is padded and masked out."""
+def pack(docs: list[list[int]], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate documents and cut into [N, seq_len] rows: (tokens, loss mask, document ids).
+
+    The tail row is padded and masked out; the document ids keep attention inside each document.
+    """
     stream = np.asarray([t for d in docs for t in d], np.int32)
     if stream.size == 0:
         raise ValueError("the data tokenized to no tokens")
@@ -216,7 +223,9 @@ def pack(docs: list[list[int]], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     tokens = np.zeros(n * seq_len, np.int32)
     tokens[:stream.size] = stream
     mask = (np.arange(n * seq_len) < stream.size).astype(np.float32)
-    return tokens.reshape(n, seq_len), mask.reshape(n, seq_len)
+    segments = np.full(n * seq_len, -1, np.int32)  # padding: a document of its own
+    segments[:stream.size] = np.repeat(np.arange(len(docs), dtype=np.int32), [len(d) for d in docs])
+    return tokens.reshape(n, seq_len), mask.reshape(n, seq_len), segments.reshape(n, seq_len)
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
@@ -327,6 +336,7 @@ class Run:
     target_params: Params
     tokens: np.ndarray  # [N, seq_len] int32
     mask: np.ndarray  # [N, seq_len] float32
+    segments: np.ndarray  # [N, seq_len] int32 document ids
     train_dir: Path
     ckpt_every: int = 100
 
@@ -357,7 +367,8 @@ def train(run: Run, progress: bool = True, on_step: Callable[[int, float], None]
             for step in range(start, h.steps):
                 rows = batch_indices(step, len(run.tokens), h.batch_size, h.seed)
                 mask = run.mask[rows]
-                state, loss = step_fn(state, run.target_params, jnp.asarray(run.tokens[rows]), jnp.asarray(mask))
+                state, loss = step_fn(state, run.target_params, jnp.asarray(run.tokens[rows]), jnp.asarray(mask),
+                                      jnp.asarray(run.segments[rows]))
                 loss = float(loss)  # one host sync per step: the bar and the log need it
                 if step == start:  # the first step compiles: measure speed from its end
                     t0 = time.perf_counter()
@@ -396,44 +407,48 @@ def prepare_train_dir(train_dir: Path, settings: dict, restart: bool) -> None:
     _write_atomic(meta, lambda p: p.write_text(json.dumps(settings, indent=1)))
 
 
-def cached_data(train_dir: Path, make: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """The packed data of this run, made once and kept so a resumed run sees exactly the same rows."""
+def cached_data(train_dir: Path, make: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The packed (tokens, mask, segments) of this run, made once and kept so a resumed run sees the same rows.
+
+    A cache from before document ids were kept is made again (the rows come out the same)."""
     path = train_dir / "data.npz"
     if path.is_file():
         with np.load(path) as z:
-            return z["tokens"], z["mask"]
-    tokens, mask = make()
+            if "segments" in z:
+                return z["tokens"], z["mask"], z["segments"]
+    tokens, mask, segments = make()
 
     def write(p: Path):
         with p.open("wb") as f:
-            np.savez(f, tokens=tokens, mask=mask)
+            np.savez(f, tokens=tokens, mask=mask, segments=segments)
 
     _write_atomic(path, write)
-    return tokens, mask
+    return tokens, mask, segments
 
 
 # ---------------------------------------------------------------- evaluation
 
-def teacher_forced_agreement(draft_config, draft_params, target_config, target_params, tokens, mask, dtype,
-                             batch_size: int = 4) -> float:
+def teacher_forced_agreement(draft_config, draft_params, target_config, target_params, tokens, mask, segments,
+                             dtype, batch_size: int = 4) -> float:
     agree = make_agreement(draft_config, target_config, dtype)
     same = total = 0.0
     for s in range(0, len(tokens), batch_size):
         rows = np.resize(np.arange(s, min(s + batch_size, len(tokens))), batch_size)  # static batch shape
         m = mask[rows] * (np.arange(batch_size) < len(tokens) - s)[:, None]
-        a, n = agree(draft_params, target_params, jnp.asarray(tokens[rows]), jnp.asarray(m))
+        a, n = agree(draft_params, target_params, jnp.asarray(tokens[rows]), jnp.asarray(m),
+                     jnp.asarray(segments[rows]))
         same, total = same + float(a), total + float(n)
     return same / max(total, 1.0)
 
 
-def evaluate(pair, problems, methods: list[str], max_new_tokens: int, eval_tokens, eval_mask, dtype,
+def evaluate(pair, problems, methods: list[str], max_new_tokens: int, eval_data: tuple, dtype,
              progress: bool = True) -> dict:
     """Greedy agreement (teacher-forced on held-out text) and engine figures for each method."""
     from adasd_jax.bench import report, runner
 
     pair.states.clear()
     agreement = teacher_forced_agreement(pair.draft.config, pair.draft.params, pair.target.config, pair.target.params,
-                                         eval_tokens, eval_mask, dtype)
+                                         *eval_data, dtype)
     records = runner.run(pair, problems, methods, max_new_tokens, trace=False, progress=progress)
     summary = report.summarize(records, methods)
     rows = {}
@@ -540,19 +555,19 @@ def main(a) -> int:
             docs = [encode_row(tok, r, chat) for r in rows]
         return pack(docs, h.seq_len)
 
-    tokens, mask = cached_data(train_dir, make_data)
+    tokens, mask, segments = cached_data(train_dir, make_data)
     print(f"data: {len(rows)} rows -> {len(tokens)} sequences of {h.seq_len} tokens ({int(mask.sum())} tokens); "
           f"{h.steps} steps of {h.batch_size} = {h.steps * h.batch_size / max(len(tokens), 1):.2f} epochs",
           file=sys.stderr)
 
     report = {"settings": settings}
     if a.eval:
-        eval_tokens, eval_mask = pack([encode_row(tok, r, chat) for r in eval_rows], h.seq_len)
+        eval_data = pack([encode_row(tok, r, chat) for r in eval_rows], h.seq_len)
         problems = [datasets.Problem(id=f"eval/{a.eval_offset + i}", prompt=prompt_of(r), chat=chat,
                                      answer=r.get("answer", "")) for i, r in enumerate(eval_rows)]
         pair = engine.Pair(target=engine.Model(tc, tp, str(a.target)), draft=engine.Model(dc, dp, a.init),
                            tokenizer=tok, vocab=tc.vocab_size)
-        evaluate_now = lambda: evaluate(pair, problems, methods, a.eval_max_new_tokens, eval_tokens, eval_mask,
+        evaluate_now = lambda: evaluate(pair, problems, methods, a.eval_max_new_tokens, eval_data,
                                         models.parse_dtype(a.dtype), progress)
         if (train_dir / "eval_before.json").is_file():
             report["before"] = json.loads((train_dir / "eval_before.json").read_text())
@@ -562,7 +577,7 @@ def main(a) -> int:
         print("before: " + json.dumps(report["before"]), file=sys.stderr)
 
     run = Run(h=h, draft_config=dc, init_params=dp, target_config=tc, target_params=tp, tokens=tokens, mask=mask,
-              train_dir=train_dir, ckpt_every=a.ckpt_every)
+              segments=segments, train_dir=train_dir, ckpt_every=a.ckpt_every)
     t = time.perf_counter()
     state = train(run, progress=progress)
     report["train_s_this_call"] = time.perf_counter() - t

@@ -154,13 +154,17 @@ def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
 
 
 def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
-            num_new: jax.Array | None = None, logits_index: jax.Array | None = None):
+            num_new: jax.Array | None = None, logits_index: jax.Array | None = None,
+            segments: jax.Array | None = None):
     """Run T new tokens per row through the decoder.
 
     tokens: [B,T] int; row b's token t sits at position cache.lengths[b] + t.
     num_new: [B] how far each row's length advances (default T; padding past it is written but
       stays outside the valid prefix, and is overwritten by the next call).
     logits_index: optional [B] index into T; then logits are [B,1,V] at that index only.
+    segments: optional [B,T] document ids of packed training rows (fresh cache of exactly T positions):
+      a token attends only to earlier tokens of its own document. RoPE is relative, so positions need
+      not restart per document.
     Returns float32 logits [B,T,V] (or [B,1,V]) and the updated cache.
     """
     B, T = tokens.shape
@@ -173,6 +177,11 @@ def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
     angles = jnp.concatenate([freqs, freqs], axis=-1)
     cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
     mask = jnp.arange(cache.max_len)[None, None, :] <= pos[:, :, None]  # [B,T,S]
+    if segments is not None:
+        if segments.shape != (B, T) or cache.max_len != T:
+            raise ValueError(f"segments {segments.shape} need tokens [B,T] = {(B, T)} and a fresh cache of T "
+                             f"positions (this cache has {cache.max_len})")
+        mask = mask & (segments[:, :, None] == segments[:, None, :])
     x = embed_lookup(params["embed"], tokens)
     ks, vs = [], []
     for i, lp in enumerate(params["layers"]):

@@ -10,6 +10,7 @@ import pytest
 from conftest import make_tiny_pair
 
 import adasd_jax
+import models
 from adasd_jax import cli, distill
 
 F32 = dict(compute_dtype="float32")
@@ -32,7 +33,7 @@ def make_run(pair, data, train_dir, steps=6, ckpt_every=2, **kw):
     train_dir.mkdir(parents=True, exist_ok=True)
     return distill.Run(h=h, draft_config=pair.draft.config, init_params=pair.draft.params,
                        target_config=pair.target.config, target_params=pair.target.params, tokens=data[0],
-                       mask=data[1], train_dir=train_dir, ckpt_every=ckpt_every)
+                       mask=data[1], segments=data[2], train_dir=train_dir, ckpt_every=ckpt_every)
 
 
 @pytest.mark.parametrize("loss,dtype", [("kl", "float32"), ("tv", "float32"), ("kl", "bfloat16")])
@@ -40,10 +41,10 @@ def test_train_steps_reduce_the_loss(pair, data, loss, dtype):
     h = distill.Hyper(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup=1, loss=loss, compute_dtype=dtype)
     state = distill.init_state(pair.draft.params, h)
     step = distill.make_train_step(h, pair.draft.config, pair.target.config)
-    tokens, mask = jnp.asarray(data[0][:4]), jnp.asarray(data[1][:4])
+    tokens, mask, segments = (jnp.asarray(x[:4]) for x in data)
     losses = []
     for _ in range(h.steps):
-        state, loss_value = step(state, pair.target.params, tokens, mask)
+        state, loss_value = step(state, pair.target.params, tokens, mask, segments)
         losses.append(float(loss_value))
     assert losses[-1] < 0.8 * losses[0] and losses[-1] == min(losses), losses
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state.params))  # master weights stay float32
@@ -121,9 +122,26 @@ def test_data_order_is_a_function_of_seed_and_epoch():
 
 
 def test_pack_masks_only_the_tail():
-    tokens, mask = distill.pack([[5, 6, 7], [8, 9]], 4)
+    tokens, mask, segments = distill.pack([[5, 6, 7], [8, 9]], 4)
     assert tokens.tolist() == [[5, 6, 7, 8], [9, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
+    assert segments.tolist() == [[0, 0, 0, 1], [1, -1, -1, -1]]
+
+
+def test_packed_documents_do_not_attend_to_each_other(pair):
+    """A document packed after another gets the logits it gets alone (positions shifted: RoPE is relative)."""
+    first, second = [5, 9, 14, 20, 33], [7, 41, 8, 60]
+    tokens, _, segments = distill.pack([first, second], 9)
+    both = distill.logits_of(pair.target.params, pair.target.config, jnp.asarray(tokens), jnp.float32,
+                             jnp.asarray(segments))
+    alone = distill.logits_of(pair.target.params, pair.target.config, jnp.asarray([second]), jnp.float32)
+    np.testing.assert_allclose(np.asarray(both[0, 5:]), np.asarray(alone[0]), atol=2e-4, rtol=2e-4)
+    leaky = distill.logits_of(pair.target.params, pair.target.config, jnp.asarray(tokens), jnp.float32)
+    assert np.abs(np.asarray(leaky[0, 5:]) - np.asarray(alone[0])).max() > 1e-2  # without ids it would leak
+    with pytest.raises(ValueError, match="fresh cache"):
+        cache = models.init_cache(pair.target.config, 1, 16, jnp.float32)
+        models.forward(pair.target.params, pair.target.config, jnp.asarray(tokens), cache,
+                       segments=jnp.asarray(segments))
 
 
 def test_gsm8k_rows_become_chat_text(hf_pair):
