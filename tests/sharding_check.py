@@ -38,6 +38,7 @@ FULL_PLAN = {mesh: (METHODS, True) for mesh in MESHES}
 LOSSLESS = ("sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2")  # equal to ar on one device (test_engine)
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10], [20, 21]]  # batch 4: data=8 replicates it
 MAX_NEW = 12
+STREAMED = "adasd:K=2,k_max=2"
 
 
 def tiny_pair() -> Pair:
@@ -122,6 +123,11 @@ def main():
             "state": state_specs(pair, "adasd:K=2,k_max=2,per_row=1"),
             "loop_collectives": loop_collectives(pair),
         }
+        if mesh == "data=2,model=4":  # streaming: the jitted prefill/round functions from a host loop, on a mesh
+            st = engine.stream(pair, PROMPTS[0], method=STREAMED, max_new_tokens=MAX_NEW, reset_state=True)
+            result["meshes"][mesh]["stream"] = [t for piece in st for t in piece]
+            result["single_stream_reference"] = engine.generate(base, [PROMPTS[0]], method=STREAMED,
+                                                                max_new_tokens=MAX_NEW, reset_state=True).tokens[0]
     if a.hf:
         result["loaded"]["hf"] = loaded(*a.hf, "data=2,model=4")
     if a.tmp:

@@ -155,6 +155,11 @@ def test_no_collective_in_the_decode_loop_moves_a_kv_cache(check):
             assert c["max_elements"] < c["cache_layer_elements"], (mesh, method, c)
 
 
+def test_stream_on_a_mesh_equals_one_device(check):
+    streamed = check["meshes"]["data=2,model=4"]["stream"]
+    assert streamed and streamed == check["single_stream_reference"]
+
+
 def test_both_draft_placements_are_exercised(check):
     assert {d["replicate_draft"] for d in check["meshes"].values()} == {True, False}
 
