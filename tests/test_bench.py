@@ -201,6 +201,16 @@ def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_records_the_commit_it_started_from(loaded, tmp_path, monkeypatch):
+    """A long run must not record a commit made while it ran: the code it imported is the one it started with."""
+    reads = iter(["started-at", "committed-meanwhile"])
+    monkeypatch.setattr(runner, "source_commit", lambda: next(reads))
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "w5 w6", "answer": "w\n#### 1"}))
+    res = _bench(loaded, tmp_path / "out", "--data-file", data, "--limit", 1, "--max-new-tokens", 3, "--methods", "ar")
+    assert res["config"]["commit"] == "started-at"
+
+
 def test_bench_humaneval_batched(loaded, tmp_path):
     rows = [{"task_id": f"Fix/{i}", "prompt": HE_PROMPT, "test": HE_TEST, "entry_point": "add"} for i in range(4)]
     data = tmp_path / "he.jsonl"

@@ -320,8 +320,8 @@ def source_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def configuration(a, pair, hf, problems, methods, data_file) -> dict:
-    cfg = {"argv": sys.argv, "commit": source_commit(), "dataset": a.dataset, "data_file": str(data_file) if data_file else None,
+def configuration(a, pair, hf, problems, methods, data_file, commit: str | None) -> dict:
+    cfg = {"argv": sys.argv, "commit": commit, "dataset": a.dataset, "data_file": str(data_file) if data_file else None,
            "offset": a.offset, "limit": a.limit, "problems": [p.id for p in problems],
            "prompt_template": datasets.TEMPLATES[a.dataset], "methods": methods,
            "method_settings": {m: repr(Method.parse(m)) for m in methods if m not in peers.PEERS},
@@ -382,6 +382,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
     if a.merge:
         return write_results(Path(a.out_dir), *merge(a.merge), plots=not a.no_plots)
+    commit = source_commit()  # the code this run imports: read before a long run, while the checkout may change
     methods = split_methods(a.methods)
     if a.peer_limit < 0:
         raise ValueError(f"--peer-limit must be >= 0, got {a.peer_limit}")
@@ -406,7 +407,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
                   trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout,
                   peer_limit=a.peer_limit, step_samples=steps)
-    config = configuration(a, pair, hf, problems, methods, data_file)
+    config = configuration(a, pair, hf, problems, methods, data_file, commit)
     summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
                                batch_size=a.batch_size)
     if steps:
