@@ -115,7 +115,8 @@ def summarize(records: dict, methods: list[str], greedy: bool = True, step_sampl
     out = {"methods": rows, **roles}
     if step_samples:
         step = float(np.median(step_samples))
-        out |= {"target_step_s": step, "target_step_samples": len(step_samples)}
+        out |= {"target_step_s": step, "target_step_samples": len(step_samples),
+                "target_step_samples_s": list(step_samples)}  # kept so merged runs pool them
         if "ar" in rows and batch_size == 1:  # the bare step is a B=1 step
             out["ar_vs_step_limit"] = rows["ar"]["tokens_per_s"] * step
     return out

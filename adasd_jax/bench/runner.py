@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -155,12 +154,6 @@ def target_step_timer(pair: engine.Pair, position: int = 256):
     return once
 
 
-def time_target_step(pair: engine.Pair, position: int = 256, repeats: int = 10) -> float:
-    """Median seconds of one jitted one-token target decode step (B=1)."""
-    once = target_step_timer(pair, position)
-    return statistics.median(once() for _ in range(repeats))
-
-
 def _row_trace(trace, b: int, rounds: int) -> dict:
     """One row's per-round record (live rounds only): proposals, accepted proposals, thresholds in force."""
     pick = lambda x: np.asarray(x)[:rounds, b]
@@ -266,8 +259,7 @@ def merge(dirs: list[str | Path]) -> tuple[dict, dict, dict]:
         raise ValueError("--merge needs at least two result directories")
     first = runs[0][1]["config"]
     for d, r in runs[1:]:
-        diff = sorted(k for k in set(first) | set(r["config"]) - PER_RUN
-                      if k not in PER_RUN and first.get(k) != r["config"].get(k))
+        diff = sorted(k for k in (set(first) | set(r["config"])) - PER_RUN if first.get(k) != r["config"].get(k))
         if diff:
             raise ValueError(f"--merge: {d} was run with different settings ({', '.join(diff)}); only runs of one "
                              "configuration over different problems can be merged")
@@ -410,8 +402,6 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     config = configuration(a, pair, hf, problems, methods, data_file, commit)
     summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
                                batch_size=a.batch_size)
-    if steps:
-        summary["target_step_samples_s"] = steps
     if jax.process_index() != 0:  # multi-host: process 0 alone writes
         return {"config": config, "summary": summary, "records": records}
     return write_results(Path(a.out_dir), config, summary, records, plots=not a.no_plots)
