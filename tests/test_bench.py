@@ -254,6 +254,25 @@ def test_speed_ratios_use_only_the_problems_both_methods_ran():
                                                 "device": "cpu", "prompt_template": {"user_message": "q", "chat": True}})
 
 
+def test_per_problem_ratios_are_paired_medians_robust_to_one_slow_problem():
+    rec = lambda pid, s, batch=1: {"problem": pid, "new_tokens": 10, "run_s": s, "compile_s": 0.0, "tokens": [0] * 10,
+                                   "batch": batch}
+    # sd is 2x ar on p0 and p1; p2's sd call was slowed 10x by the machine: the total ratio falls, the median not
+    records = {"ar": [rec("p0", 2.0), rec("p1", 2.0), rec("p2", 2.0)],
+               "sd:K=4": [rec("p0", 1.0), rec("p1", 1.0), rec("p2", 10.0)]}
+    rows = report.summarize(records, ["ar", "sd:K=4"])["methods"]
+    assert rows["sd:K=4"]["speedup_vs_ar"] == pytest.approx(0.5)  # 30 tokens in 12 s against 30 in 6 s
+    assert rows["sd:K=4"]["per_problem"] == {"ar": {"n": 3, "median": 2.0, "min": 0.2, "max": 2.0, "faster": 2}}
+    assert rows["ar"]["per_problem"]["sd:K=4"]["median"] == pytest.approx(0.5)
+    assert "vs ar 2.000 [0.20, 2.00], faster on 2/3" in report.markdown(
+        {"methods": rows}, {"dataset": "gsm8k", "offset": 0, "max_new_tokens": 10, "temperature": 0.0,
+                            "dtype": "float32", "batch_size": 1, "device": "cpu",
+                            "prompt_template": {"user_message": "q", "chat": True}})
+    # a batched call's time is shared equally by its rows, so per-row ratios would be artefacts: none are given
+    batched = {m: [dict(r, batch=8) for r in rs] for m, rs in records.items()}
+    assert not report.summarize(batched, ["ar", "sd:K=4"])["methods"]["sd:K=4"]["per_problem"]
+
+
 def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"w{9 + i} w{30 + i}", "answer": f"w\n#### {i}"})

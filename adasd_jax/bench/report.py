@@ -64,6 +64,19 @@ def speedup(records: dict, method: str, reference: str) -> float | None:
     return _rate(records[method], shared) / base if base > 0 else None
 
 
+def per_problem_ratios(records: dict, method: str, reference: str) -> dict | None:
+    """Paired per-problem speed ratios (method / reference tokens/s, batch-1 records only): their median, range
+    and on how many problems the method was faster. Robust to one problem that a noisy machine slowed."""
+    rate = lambda r: r["new_tokens"] / r["run_s"]
+    ref = {r["problem"]: r for r in records[reference] if r.get("batch", 1) == 1 and r["run_s"] > 0}
+    q = [rate(r) / rate(ref[r["problem"]]) for r in records[method]
+         if r.get("batch", 1) == 1 and r["run_s"] > 0 and r["problem"] in ref and rate(ref[r["problem"]]) > 0]
+    if not q:
+        return None
+    return {"n": len(q), "median": float(np.median(q)), "min": float(min(q)), "max": float(max(q)),
+            "faster": int(sum(x > 1 for x in q))}
+
+
 # (column, reference method or role) for the speed ratios every row gets when the reference ran
 RATIOS = [("speedup_vs_ar", "ar"), ("speedup_vs_sd_k4", "sd_k4"), ("speedup_vs_best_sd", "best_sd"),
           ("speedup_vs_hf_ar", "hf-ar"), ("speedup_vs_hf_assisted", "hf-assisted")]
@@ -112,6 +125,8 @@ def summarize(records: dict, methods: list[str], greedy: bool = True, step_sampl
             reference = roles.get(who, who)
             if reference in rows:
                 row[col] = speedup(records, m, reference)
+        row["per_problem"] = {ref: p for ref in dict.fromkeys(["ar", roles["best_sd"]])
+                              if ref in rows and ref != m and (p := per_problem_ratios(records, m, ref))}
     out = {"methods": rows, **roles}
     if step_samples:
         step = float(np.median(step_samples))
@@ -163,6 +178,14 @@ def markdown(summary: dict, config: dict) -> str:
         lines += ["", "Merged from " + ", ".join(f"`{x['dir']}` (problems {x['first']}..{x['last']}, "
                                                  f"commit {x.get('commit') or 'unrecorded'})"
                                                  for x in config["merged_from"]) + "."]
+    per = [(m, r["per_problem"]) for m, r in rows.items() if r.get("per_problem")]
+    if per:
+        lines += ["", ("Per-problem speed ratios (batch 1; median [min, max] of method / reference tokens/s on each "
+                       "problem both ran, and on how many the method was faster):"), ""]
+        for m, refs in per:
+            lines.append(f"- `{m}`: " + "; ".join(
+                f"vs {ref} {p['median']:.3f} [{p['min']:.2f}, {p['max']:.2f}], faster on {p['faster']}/{p['n']}"
+                for ref, p in refs.items()))
     checks = [(m, r) for m, r in rows.items() if "lossless_check" in r]
     if checks:
         lines += ["", ("Lossless methods vs `ar` (greedy; exact equality is a float32 statement, in bfloat16 "
