@@ -1,0 +1,169 @@
+"""Predicted speed of each drafting policy from teacher-forced statistics and step costs.
+
+    python -m adasd_jax.bench.cost_model tf10.npz --draft-ms 80 --verify-ms 157 --verify-ms-per-token 3
+    python -m adasd_jax.bench.cost_model tf10.npz --verify-ms 157 --verify-ms-per-token 3 --scan 10,20,40,60,80
+
+Reads the .npz that `../shared/tools/teacher_forced_stats.py` writes (per generated position of the target's
+own continuation: `match` whether the draft's argmax is the target's, `d` the JS distance, `e` the draft's
+entropy, `a` the acceptance probability at temperature 1) and replays fixed-K `sd` and `adasd` (the spec's
+thresholds, `count_declined` on or off) over it. A round costs
+
+    draft_ms x draft steps + verify_ms + verify_ms_per_token x proposals,
+
+where a round that the entropy check stopped also paid the draft step whose entropy it checked (the shared
+tools' simulate_policies.py leaves that step out, which flatters AdaSD by about one draft step per round).
+`adasd+cap` is a proposal, not an engine method: AdaSD with its draft length also capped at the K that
+maximises expected tokens per millisecond under a geometric acceptance model fitted online.
+
+`--scan` prints AdaSD over the best fixed K as the draft step's cost varies: the draft/target cost ratio
+decides whether the spec's ">= 1.05x the best fixed K" target is reachable on a machine.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+import numpy as np
+
+K_MAX = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    draft_ms: float  # one draft forward (one token) with its entropy and bookkeeping
+    verify_ms: float  # one target forward of a single token
+    verify_ms_per_token: float = 0.0  # extra per verified proposal
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    tokens: int  # emitted (accepted proposals + the target's own token per round)
+    rounds: int
+    proposals: int
+    draft_steps: int  # proposals + the declined tokens' steps
+    lossy: int
+    seconds: float
+    t_g: float = math.inf  # AdaSD thresholds at the end
+    t_v: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def load(path: str) -> list[dict[str, np.ndarray]]:
+    """The per-problem arrays of a teacher_forced_stats.py .npz, in problem order."""
+    z = np.load(path)
+    n = len([k for k in z.files if k.startswith("d") and k[1:].isdigit()])
+    if n == 0:
+        raise ValueError(f"{path} has no d0, e0, match0 arrays: write it with ../shared/tools/teacher_forced_stats.py")
+    return [{key: z[f"{key}{i}"] for key in ("match", "d", "e", "a") if f"{key}{i}" in z.files} for i in range(n)]
+
+
+def best_k(alpha: float, c: Costs) -> int:
+    """Draft length maximising expected emitted tokens per ms when each proposal is accepted with prob alpha."""
+    def rate(k):
+        expected = k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+        return expected / (k * c.draft_ms + c.verify_ms + k * c.verify_ms_per_token)
+    return max(range(1, K_MAX + 1), key=rate)
+
+
+def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: bool = True,
+           sampling: bool = False, seed: int = 0) -> Replay:
+    """One policy over every problem in order, the AdaSD threshold state carried across problems (pooled sums)."""
+    rng = np.random.default_rng(seed)
+    adaptive = policy in ("adasd", "adasd+cap")
+    acc_d, rej_d, rej_e = [0.0, 0], [0.0, 0], [0.0, 0]  # sums and counts: accepted / rejected JS, rejected entropy
+    strict_seen = [0, 0]
+    tokens = rounds = proposals = steps = lossy = 0
+    seconds = 0.0
+
+    def record(j, strict, s):
+        (acc_d if strict else rej_d)[0] += s["d"][j]
+        (acc_d if strict else rej_d)[1] += 1
+        if not strict:
+            rej_e[0] += s["e"][j]
+            rej_e[1] += 1
+
+    for s in seqs:
+        n, t = len(s["d"]), 0
+        verdicts = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
+        while t < n:
+            t_g = rej_e[0] / rej_e[1] if rej_e[1] else math.inf
+            t_v = (acc_d[0] / acc_d[1] + rej_d[0] / rej_d[1]) / 2 if acc_d[1] and rej_d[1] else 0.0
+            cap = k if policy == "sd" else K_MAX
+            if policy == "adasd+cap":
+                cap = best_k((strict_seen[0] + 1) / (strict_seen[1] + 2), c)
+            proposed, declined = 0, None
+            while proposed < cap and t + proposed < n:
+                if adaptive and s["e"][t + proposed] > t_g:
+                    declined = t + proposed
+                    break
+                proposed += 1
+            accepted, rejected = 0, False
+            for j in range(t, t + proposed):
+                strict = bool(verdicts[j])
+                strict_seen[0] += strict
+                strict_seen[1] += 1
+                if adaptive:
+                    record(j, strict, s)
+                if not (strict or (adaptive and s["d"][j] < t_v)):
+                    rejected = True
+                    break
+                lossy += not strict
+                accepted += 1
+            if adaptive and count_declined and declined is not None and not rejected:
+                record(declined, bool(verdicts[declined]), s)
+            round_steps = proposed + (declined is not None)
+            seconds += (round_steps * c.draft_ms + c.verify_ms + proposed * c.verify_ms_per_token) / 1e3
+            tokens += accepted + 1
+            rounds += 1
+            proposals += proposed
+            steps += round_steps
+            t += accepted + 1
+    t_g = rej_e[0] / rej_e[1] if rej_e[1] else math.inf
+    t_v = (acc_d[0] / acc_d[1] + rej_d[0] / rej_d[1]) / 2 if acc_d[1] and rej_d[1] else 0.0
+    return Replay(tokens, rounds, proposals, steps, lossy, seconds, t_g, t_v)
+
+
+POLICIES = [("sd:K=2", "sd", {"k": 2}), ("sd:K=4", "sd", {"k": 4}), ("sd:K=8", "sd", {"k": 8}), ("adasd", "adasd", {}),
+            ("adasd:count_declined=0", "adasd", {"count_declined": False}), ("adasd+cap (proposal)", "adasd+cap", {})]
+
+
+def table(seqs, c: Costs, sampling: bool = False) -> dict[str, Replay]:
+    return {name: replay(seqs, policy, c, sampling=sampling, **kw) for name, policy, kw in POLICIES}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("stats", help=".npz from ../shared/tools/teacher_forced_stats.py")
+    ap.add_argument("--draft-ms", type=float, default=80.0)
+    ap.add_argument("--verify-ms", type=float, default=157.0)
+    ap.add_argument("--verify-ms-per-token", type=float, default=3.0)
+    ap.add_argument("--sampling", action="store_true", help="draw verdicts with probability a (temperature 1)")
+    ap.add_argument("--scan", help="comma-separated draft-step costs in ms: AdaSD over the best fixed K at each")
+    a = ap.parse_args(argv)
+    seqs = load(a.stats)
+    ar = 1e3 / a.verify_ms
+    if a.scan:
+        print("draft ms  draft/target  best sd    adasd x best sd  adasd:count_declined=0  adasd+cap (proposal)")
+        for ms in (float(x) for x in a.scan.split(",")):
+            r = table(seqs, Costs(ms, a.verify_ms, a.verify_ms_per_token), a.sampling)
+            best = max((n for n in r if n.startswith("sd:")), key=lambda n: r[n].tokens_per_s)
+            x = {n: r[n].tokens_per_s / r[best].tokens_per_s for n in r}
+            print(f"{ms:8.1f}  {ms / a.verify_ms:12.2f}  {best:9s}  {x['adasd']:15.3f}  "
+                  f"{x['adasd:count_declined=0']:22.3f}  {x['adasd+cap (proposal)']:20.3f}")
+        return 0
+    r = table(seqs, Costs(a.draft_ms, a.verify_ms, a.verify_ms_per_token), a.sampling)
+    best = max((n for n in r if n.startswith("sd:")), key=lambda n: r[n].tokens_per_s)
+    print(f"{len(seqs)} problems, {sum(len(s['d']) for s in seqs)} positions; ar {ar:.2f} tok/s (cost model)")
+    for n, x in r.items():
+        print(f"{n:24s} {x.tokens_per_s:6.2f} tok/s  {x.tokens_per_s / ar:.2f}x ar  "
+              f"{x.tokens_per_s / r[best].tokens_per_s:.3f}x {best}  tokens/call {x.tokens / x.rounds:.2f}  "
+              f"draft steps/round {x.draft_steps / x.rounds:.2f}  lossy {x.lossy}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The cost model behind estimate_vs_engine.md: round accounting, the threshold rules, the declined step."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from adasd_jax.bench import cost_model as cm
+
+C = cm.Costs(draft_ms=10.0, verify_ms=100.0, verify_ms_per_token=2.0)
+
+
+def seq(match, d, e):
+    return {"match": np.asarray(match, bool), "d": np.asarray(d, np.float32), "e": np.asarray(e, np.float32),
+            "a": np.where(np.asarray(match, bool), 0.9, 0.1).astype(np.float32)}
+
+
+def test_sd_rounds_emit_k_plus_one_when_every_proposal_matches():
+    r = cm.replay([seq([1] * 50, [0.0] * 50, [0.1] * 50)], "sd", C, k=4)
+    assert (r.tokens, r.rounds, r.proposals, r.draft_steps) == (50, 10, 40, 40)
+    assert r.seconds == pytest.approx((40 * 10.0 + 10 * 100.0 + 40 * 2.0) / 1e3)
+
+
+def test_adasd_thresholds_and_the_declined_step_are_charged():
+    first = seq([1, 1, 0], [0.1, 0.3, 0.8], [0.2, 0.4, 1.5])
+    r = cm.replay([first], "adasd", C)
+    # one round: T_G = +inf drafts all three; the third is rejected (T_V was 0), so 2 accepted + the target's token
+    assert (r.tokens, r.rounds, r.draft_steps) == (3, 1, 3)
+    assert r.t_g == pytest.approx(1.5) and r.t_v == pytest.approx(((0.1 + 0.3) / 2 + 0.8) / 2)
+    # carried into a second problem: entropy 2.0 > T_G = 1.5 stops the draft after one proposal; that check ran a
+    # draft step, which is charged, and with count_declined the declined token's verdict (a match) is counted
+    second = seq([1, 1, 1], [0.05, 0.2, 0.1], [0.1, 2.0, 0.1])
+    r2 = cm.replay([first, second], "adasd", C)
+    assert r2.rounds == 3 and r2.draft_steps == r2.proposals + 1
+    assert r2.t_v == pytest.approx(((0.1 + 0.3 + 0.05 + 0.2 + 0.1) / 5 + 0.8) / 2)  # last round: position 2
+    literal = cm.replay([first, second], "adasd", C, count_declined=False)
+    assert literal.t_v == pytest.approx(((0.1 + 0.3 + 0.05 + 0.1) / 4 + 0.8) / 2)
+    assert math.isinf(cm.replay([seq([1] * 5, [0.0] * 5, [0.1] * 5)], "adasd", C).t_g)  # no rejection yet
+
+
+def test_cheaper_drafts_favour_longer_drafts():
+    rng = np.random.default_rng(0)
+    seqs = [seq(rng.random(200) < 0.9, rng.random(200) * 0.5, rng.random(200) * 2) for _ in range(3)]
+    cheap, dear = cm.Costs(1.0, 100.0), cm.Costs(60.0, 100.0)
+    assert cm.best_k(0.9, cheap) > cm.best_k(0.9, dear)
+    assert cm.replay(seqs, "sd", cheap, k=8).tokens_per_s > cm.replay(seqs, "sd", cheap, k=2).tokens_per_s
+    assert cm.replay(seqs, "sd", dear, k=8).tokens_per_s < cm.replay(seqs, "sd", dear, k=2).tokens_per_s
+
+
+def test_load_reads_the_shared_tools_format_and_rejects_others(tmp_path):
+    s = seq([1, 0], [0.1, 0.2], [0.3, 0.4])
+    np.savez(tmp_path / "ok.npz", **{f"{k}{i}": v for i in range(2) for k, v in s.items()})
+    loaded = cm.load(str(tmp_path / "ok.npz"))
+    assert len(loaded) == 2 and np.array_equal(loaded[1]["match"], s["match"])
+    np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="teacher_forced_stats"):
+        cm.load(str(tmp_path / "bad.npz"))
