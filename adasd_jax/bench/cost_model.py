@@ -69,6 +69,14 @@ def best_k(alpha: float, c: Costs) -> int:
     return max(range(1, K_MAX + 1), key=rate)
 
 
+def thresholds(acc_d, rej_d, rej_e) -> tuple[float, float]:
+    """(T_G, T_V) from [sum, count] pairs: mean rejected entropy (+inf before any rejection), and the midpoint of
+    the mean accepted and rejected JS distances (0 until both exist)."""
+    t_g = rej_e[0] / rej_e[1] if rej_e[1] else math.inf
+    t_v = (acc_d[0] / acc_d[1] + rej_d[0] / rej_d[1]) / 2 if acc_d[1] and rej_d[1] else 0.0
+    return t_g, t_v
+
+
 def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: bool = True,
            sampling: bool = False, seed: int = 0) -> Replay:
     """One policy over every problem in order, the AdaSD threshold state carried across problems (pooled sums)."""
@@ -90,8 +98,7 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
         n, t = len(s["d"]), 0
         verdicts = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
         while t < n:
-            t_g = rej_e[0] / rej_e[1] if rej_e[1] else math.inf
-            t_v = (acc_d[0] / acc_d[1] + rej_d[0] / rej_d[1]) / 2 if acc_d[1] and rej_d[1] else 0.0
+            t_g, t_v = thresholds(acc_d, rej_d, rej_e)
             cap = k if policy == "sd" else K_MAX
             if policy == "adasd+cap":
                 cap = best_k((strict_seen[0] + 1) / (strict_seen[1] + 2), c)
@@ -122,9 +129,7 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
             proposals += proposed
             steps += round_steps
             t += accepted + 1
-    t_g = rej_e[0] / rej_e[1] if rej_e[1] else math.inf
-    t_v = (acc_d[0] / acc_d[1] + rej_d[0] / rej_d[1]) / 2 if acc_d[1] and rej_d[1] else 0.0
-    return Replay(tokens, rounds, proposals, steps, lossy, seconds, t_g, t_v)
+    return Replay(tokens, rounds, proposals, steps, lossy, seconds, *thresholds(acc_d, rej_d, rej_e))
 
 
 POLICIES = [("sd:K=2", "sd", {"k": 2}), ("sd:K=4", "sd", {"k": 4}), ("sd:K=8", "sd", {"k": 8}), ("adasd", "adasd", {}),
@@ -133,6 +138,10 @@ POLICIES = [("sd:K=2", "sd", {"k": 2}), ("sd:K=4", "sd", {"k": 4}), ("sd:K=8", "
 
 def table(seqs, c: Costs, sampling: bool = False) -> dict[str, Replay]:
     return {name: replay(seqs, policy, c, sampling=sampling, **kw) for name, policy, kw in POLICIES}
+
+
+def best_sd(r: dict[str, Replay]) -> str:
+    return max((n for n in r if n.startswith("sd:")), key=lambda n: r[n].tokens_per_s)
 
 
 def main(argv=None) -> int:
@@ -145,18 +154,17 @@ def main(argv=None) -> int:
     ap.add_argument("--scan", help="comma-separated draft-step costs in ms: AdaSD over the best fixed K at each")
     a = ap.parse_args(argv)
     seqs = load(a.stats)
-    ar = 1e3 / a.verify_ms
     if a.scan:
         print("draft ms  draft/target  best sd    adasd x best sd  adasd:count_declined=0  adasd+cap (proposal)")
         for ms in (float(x) for x in a.scan.split(",")):
             r = table(seqs, Costs(ms, a.verify_ms, a.verify_ms_per_token), a.sampling)
-            best = max((n for n in r if n.startswith("sd:")), key=lambda n: r[n].tokens_per_s)
+            best = best_sd(r)
             x = {n: r[n].tokens_per_s / r[best].tokens_per_s for n in r}
             print(f"{ms:8.1f}  {ms / a.verify_ms:12.2f}  {best:9s}  {x['adasd']:15.3f}  "
                   f"{x['adasd:count_declined=0']:22.3f}  {x['adasd+cap (proposal)']:20.3f}")
         return 0
     r = table(seqs, Costs(a.draft_ms, a.verify_ms, a.verify_ms_per_token), a.sampling)
-    best = max((n for n in r if n.startswith("sd:")), key=lambda n: r[n].tokens_per_s)
+    best, ar = best_sd(r), 1e3 / a.verify_ms
     print(f"{len(seqs)} problems, {sum(len(s['d']) for s in seqs)} positions; ar {ar:.2f} tok/s (cost model)")
     for n, x in r.items():
         print(f"{n:24s} {x.tokens_per_s:6.2f} tok/s  {x.tokens_per_s / ar:.2f}x ar  "
