@@ -53,8 +53,8 @@ class Sampling:
         return self.temperature == 0.0
 
 
-def transform(logits: jax.Array, s: Sampling) -> jax.Array:
-    """Log-probabilities after temperature, top-k and top-p (removed tokens get -inf)."""
+def _filter(logits: jax.Array, s: Sampling) -> jax.Array:
+    """Logits after temperature, top-k and top-p (removed tokens get -inf), not normalised."""
     x = logits.astype(jnp.float32) / (s.temperature if s.temperature > 0 else 1.0)
     if s.top_k > 0:
         kth = jax.lax.top_k(x, min(s.top_k, x.shape[-1]))[0][..., -1:]
@@ -65,11 +65,50 @@ def transform(logits: jax.Array, s: Sampling) -> jax.Array:
         before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted token
         cutoff = jnp.min(jnp.where(before < s.top_p, sorted_x, jnp.inf), axis=-1, keepdims=True)
         x = jnp.where(x < cutoff, -jnp.inf, x)
-    return jax.nn.log_softmax(x, axis=-1)
+    return x
+
+
+def transform(logits: jax.Array, s: Sampling) -> jax.Array:
+    """Log-probabilities after temperature, top-k and top-p (removed tokens get -inf)."""
+    return jax.nn.log_softmax(_filter(logits, s), axis=-1)
+
+
+def argmax(logits: jax.Array) -> jax.Array:
+    """First index of the largest logit (as jnp.argmax), as a max and a min: XLA:CPU runs these two plain
+    reductions over 152k logits in half the time of argmax's (value, index) reduction."""
+    V = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(logits == top, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+    return jnp.minimum(first, V - 1)  # a NaN row matches nothing; NaN rows are reported by the loop
+
+
+SAMPLE_BLOCK = 1024
+
+
+def sample(key: jax.Array, logits: jax.Array, block: int = SAMPLE_BLOCK) -> jax.Array:
+    """One draw per row from softmax(logits) by inverse transform sampling in two levels: pick the block
+    of `block` tokens holding a uniform u in the cumulative block masses, then the token inside it.
+
+    Exact for the distribution (tokens of zero mass are never drawn) and one uniform per row instead of a
+    Gumbel variate per token: 0.6 ms against 5 ms for jax.random.categorical over 152k logits on XLA:CPU.
+    """
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    n = -(-V // block)
+    x = jnp.pad(logits.reshape(-1, V).astype(jnp.float32), ((0, 0), (0, n * block - V)), constant_values=-jnp.inf)
+    R = x.shape[0]
+    p = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)).reshape(R, n, block)
+    cb = jnp.cumsum(p.sum(-1), axis=-1)  # [R, n] cumulative block masses; the largest token adds 1
+    u = jnp.minimum(jax.random.uniform(key, (R,)) * cb[:, -1], jnp.nextafter(cb[:, -1], 0.0))
+    j = jnp.sum(cb <= u[:, None], axis=-1)  # first block whose cumulative mass exceeds u
+    below = jnp.where(j > 0, jnp.take_along_axis(cb, jnp.maximum(j - 1, 0)[:, None], 1)[:, 0], 0.0)
+    ci = jnp.cumsum(jnp.take_along_axis(p, j[:, None, None], 1)[:, 0], axis=-1)  # [R, block]
+    u_in = jnp.minimum(u - below, jnp.nextafter(ci[:, -1], 0.0))  # rounding must not step past the block's mass
+    i = jnp.sum(ci <= u_in[:, None], axis=-1)
+    return (j * block + i).astype(jnp.int32).reshape(lead)
 
 
 def choose(key: jax.Array, logits: jax.Array, s: Sampling) -> jax.Array:
     """argmax when greedy, else a sample from the transformed distribution."""
     if s.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, transform(logits, s), axis=-1).astype(jnp.int32)
+        return argmax(logits)
+    return sample(key, _filter(logits, s))

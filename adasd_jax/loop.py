@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 import models
 from adasd_jax import policies
-from adasd_jax.divergence import Sampling, choose, entropy, js_distance, transform
+from adasd_jax.divergence import Sampling, argmax, choose, entropy, js_distance, sample, transform
 from adasd_jax.policies import Method
 from adasd_jax.state import LoopState, MethodState, Metrics, ThresholdState, Trace
 
@@ -157,7 +157,7 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n):
 def strict_verdicts(sampling: Sampling, p_logits, q_logits, x, u):
     """The target's own verdicts on tokens x: greedy match, or u < min(1, p'(x) / q'(x))."""
     if sampling.greedy:
-        return x == jnp.argmax(p_logits, -1)
+        return x == argmax(p_logits)
     lp = jnp.take_along_axis(transform(p_logits, sampling), x[..., None], -1)[..., 0]
     lq = jnp.take_along_axis(transform(q_logits, sampling), x[..., None], -1)[..., 0]
     return u < jnp.exp(jnp.minimum(0.0, lp - lq))
@@ -168,7 +168,7 @@ def residual_sample(key, p_logits, q_logits, sampling: Sampling):
     p, q = jnp.exp(transform(p_logits, sampling)), jnp.exp(transform(q_logits, sampling))
     res = jnp.maximum(p - q, 0.0)
     res = jnp.where(res.sum() > 0, res, p)
-    return jax.random.categorical(key, jnp.log(res)).astype(jnp.int32)
+    return sample(key, jnp.log(res))
 
 
 def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key):
@@ -185,7 +185,7 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
     rejected = a < n
     p_r, q_r = p_logits[a], q_logits[a]
     if s.greedy:
-        y = jnp.argmax(p_r).astype(jnp.int32)
+        y = argmax(p_r)
     elif policies.residual_on_reject(m):
         y = jnp.where(rejected, residual_sample(k_y, p_r, q_r, s), choose(k_y, p_r, s))
     else:

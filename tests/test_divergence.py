@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
+from scipy.stats import chisquare
 from scipy.stats import entropy as scipy_entropy
 
-from adasd_jax.divergence import Sampling, entropy, js_distance, transform
+from adasd_jax.divergence import Sampling, argmax, choose, entropy, js_distance, sample, transform
 
 
 @pytest.mark.parametrize("p, q", [
@@ -49,3 +50,37 @@ def test_transform_top_k_top_p_temperature():
 def test_bad_sampling_settings(kw):
     with pytest.raises(ValueError):
         Sampling(**kw)
+
+
+def test_argmax_is_the_first_maximum_like_jnp_argmax():
+    x = jax.random.randint(jax.random.key(0), (64, 300), 0, 5).astype(jnp.float32)  # many ties
+    x = x.at[3].set(-jnp.inf).at[4, 7].set(jnp.inf)
+    np.testing.assert_array_equal(argmax(x), jnp.argmax(x, -1))
+    np.testing.assert_array_equal(argmax(x[5]), jnp.argmax(x[5]))
+    assert argmax(x).dtype == jnp.int32
+
+
+@pytest.mark.parametrize("block", [16, 64, 1024])
+def test_sample_draws_the_softmax_distribution_and_never_a_zero_mass_token(block):
+    V, N = 300, 60_000  # 300 tokens: 19 blocks of 16 (the last one partial), 5 of 64, or one padded block
+    logits = 2.0 * jax.random.normal(jax.random.key(1), (V,))
+    zero = np.zeros(V, bool)
+    zero[[0, 5, 150, V - 2, V - 1]] = True
+    zero[32:48] = True  # a whole block of 16 without mass
+    logits = jnp.where(zero, -jnp.inf, logits)
+    draws = np.asarray(sample(jax.random.key(2), jnp.broadcast_to(logits, (N, V)), block))
+    counts = np.bincount(draws, minlength=V)
+    assert counts.shape == (V,) and counts[zero].sum() == 0
+    p = np.exp(np.asarray(logits, np.float64)[~zero])
+    assert chisquare(counts[~zero], N * p / p.sum()).pvalue > 1e-3
+
+
+def test_choose_samples_the_transformed_distribution_reproducibly():
+    logits = jnp.log(jnp.asarray([0.4, 0.3, 0.2, 0.1]))
+    s = Sampling(1.0, top_k=3)
+    keys = jax.random.split(jax.random.key(3), 20_000)
+    draws = np.asarray(jax.vmap(lambda k: choose(k, logits, s))(keys))
+    assert chisquare(np.bincount(draws, minlength=4)[:3], 20_000 * np.array([4, 3, 2]) / 9).pvalue > 1e-3
+    assert (draws < 3).all()
+    np.testing.assert_array_equal(jax.vmap(lambda k: choose(k, logits, s))(keys), draws)
+    assert int(choose(keys[0], logits, Sampling())) == 0
