@@ -310,8 +310,21 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     assert rows["sd:K=2"]["lossless_check"] == "identical" and rows["hf-ar"]["n"] == 2
     assert "Merged from" in (tmp_path / "merged" / "results.md").read_text()
 
-    with pytest.raises(ValueError, match="problem gsm8k/0 is in both"):
+    with pytest.raises(ValueError, match="problem gsm8k/0 is in both.*pass --replace"):
         runner.merge([tmp_path / "part0", tmp_path / "part0"])
+    # a rerun of problem 0 replaces its records; the order of the problems stays
+    a = runner._parser().parse_args([*common, "--offset", "0", "--limit", "1", "--out-dir", str(tmp_path / "rerun")])
+    rerun = runner.bench(a, pair=pair, hf=hf)
+    a = runner._parser().parse_args(["--merge", str(tmp_path / "part0"), str(tmp_path / "part2"), str(tmp_path / "rerun"),
+                                     "--replace", "--no-plots", "--out-dir", str(tmp_path / "replaced")])
+    merged = runner.bench(a)
+    assert merged["config"]["problems"] == [f"gsm8k/{i}" for i in range(4)]
+    assert merged["config"]["replaced"] == [{"problem": "gsm8k/0", "dropped_from": str(tmp_path / "part0"),
+                                             "kept_from": str(tmp_path / "rerun")}]
+    for m in ("ar", "sd:K=2", "hf-ar"):
+        assert merged["records"][m] == rerun["records"][m] + [r for p in parts for r in p["records"][m]
+                                                              if r["problem"] != "gsm8k/0"]
+    assert "Problem gsm8k/0: the run in" in (tmp_path / "replaced" / "results.md").read_text()
     b = runner._parser().parse_args([*common, "--offset", "0", "--limit", "1", "--max-new-tokens", "5",
                                      "--no-step-timing", "--out-dir", str(tmp_path / "other")])
     runner.bench(b, pair=pair, hf=hf)

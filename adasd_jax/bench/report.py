@@ -178,6 +178,8 @@ def markdown(summary: dict, config: dict) -> str:
         lines += ["", "Merged from " + ", ".join(f"`{x['dir']}` (problems {x['first']}..{x['last']}, "
                                                  f"commit {x.get('commit') or 'unrecorded'})"
                                                  for x in config["merged_from"]) + "."]
+        lines += [f"Problem {x['problem']}: the run in `{x['kept_from']}` replaces the one in `{x['dropped_from']}`."
+                  for x in config.get("replaced", [])]
     per = [(m, r["per_problem"]) for m, r in rows.items() if r.get("per_problem")]
     if per:
         lines += ["", ("Per-problem speed ratios (batch 1; median [min, max] of method / reference tokens/s on each "

@@ -240,14 +240,16 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
 # ---------------------------------------------------------------- merging runs
 
 # configuration keys that may differ between runs that are merged into one result set
-PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "merged_from"}
+PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "merged_from", "replaced"}
 
 
-def merge(dirs: list[str | Path]) -> tuple[dict, dict, dict]:
+def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, dict]:
     """(config, summary, records) of several runs over disjoint problems with the same settings.
 
     Each problem's methods still ran interleaved within one run, so ratios and paired comparisons stay
     per-problem; every run's adasd threshold state started fresh, which the merged config records.
+    With `replace`, a problem that a later directory ran again takes that run's records (a rerun of a
+    problem that something else on the machine slowed); the config lists every replacement.
     """
     runs = []
     for d in dirs:
@@ -263,21 +265,26 @@ def merge(dirs: list[str | Path]) -> tuple[dict, dict, dict]:
         if diff:
             raise ValueError(f"--merge: {d} was run with different settings ({', '.join(diff)}); only runs of one "
                              "configuration over different problems can be merged")
-    seen: dict[str, Path] = {}
-    for d, r in runs:
+    seen: dict[str, int] = {}  # problem -> index of the run whose records are kept
+    replaced = []
+    for i, (d, r) in enumerate(runs):
         for pid in r["config"]["problems"]:
             if pid in seen:
-                raise ValueError(f"--merge: problem {pid} is in both {seen[pid]} and {d}")
-            seen[pid] = d
+                if not replace:
+                    raise ValueError(f"--merge: problem {pid} is in both {runs[seen[pid]][0]} and {d} "
+                                     "(pass --replace to keep the later run of a rerun problem)")
+                replaced.append({"problem": pid, "dropped_from": str(runs[seen[pid]][0]), "kept_from": str(d)})
+            seen[pid] = i
     methods = first["methods"]
-    records = {m: [rec for _, r in runs for rec in r["records"][m]] for m in methods}
+    records = {m: [rec for pid, i in seen.items() for rec in runs[i][1]["records"][m] if rec["problem"] == pid]
+               for m in methods}
     steps = [x for _, r in runs for x in r["summary"].get("target_step_samples_s", [])]
     config = {**first, "argv": sys.argv, "commit": source_commit(), "problems": list(seen),
               "offset": min(r["config"]["offset"] for _, r in runs), "limit": len(seen),
               "threshold_state": first["threshold_state"] + f"; reset at the start of each of the {len(runs)} runs",
               "merged_from": [{"dir": str(d), "argv": r["config"]["argv"], "commit": r["config"].get("commit"),
                                "first": r["config"]["problems"][0], "last": r["config"]["problems"][-1]}
-                              for d, r in runs]}
+                              for d, r in runs], "replaced": replaced}
     summary = report.summarize(records, methods, greedy=first["temperature"] == 0, step_samples=steps or None,
                                batch_size=first["batch_size"])
     return config, summary, records
@@ -362,6 +369,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--merge", nargs="+", metavar="DIR",
                     help="merge the results.json of runs with the same settings over different problems into "
                          "--out-dir (runs nothing)")
+    ap.add_argument("--replace", action="store_true",
+                    help="with --merge: a problem found in several directories keeps the last one's records (rerun a "
+                         "problem that other load on the machine slowed; the replacements are listed in the output)")
     ap.add_argument("--hf-gguf", default="dequantize", choices=peers.GGUF_MODES,
                     help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
                          "or transformers' packed quantized kernels")
@@ -373,7 +383,7 @@ def _parser() -> argparse.ArgumentParser:
 def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) -> dict:
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
     if a.merge:
-        return write_results(Path(a.out_dir), *merge(a.merge), plots=not a.no_plots)
+        return write_results(Path(a.out_dir), *merge(a.merge, a.replace), plots=not a.no_plots)
     commit = source_commit()  # the code this run imports: read before a long run, while the checkout may change
     methods = split_methods(a.methods)
     if a.peer_limit < 0:
