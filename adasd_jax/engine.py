@@ -53,6 +53,7 @@ class Pair:
     states: dict[str, ThresholdState] = dataclasses.field(default_factory=dict)
     compiled: dict = dataclasses.field(default_factory=dict)
     layout: sharding.Layout | None = None  # the mesh and table the parameters are placed on (None: one device)
+    token_ranks: np.ndarray | None = None  # token ids, most frequent first: the subsets of `draft_vocab=N` methods
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -196,10 +197,45 @@ def _input_shardings(layout: sharding.Layout, mstate, batch: int):
     return (layout.batch(batch, 2), layout.batch(batch), layout.method_state(mstate), layout.replicated)
 
 
+def rank_tokens(pair: Pair, texts: Sequence[str]) -> Pair:
+    """The pair with `token_ranks` counted over `texts` (ties: lower id first), which `draft_vocab=N` methods
+    draw their N-token draft vocabulary from (frequency-ranked speculative sampling, FR-Spec, arXiv 2502.14856)."""
+    if pair.tokenizer is None:
+        raise ValueError("rank_tokens needs the pair's tokenizer (load the pair with a tokenizer)")
+    counts = np.zeros(pair.vocab, np.int64)
+    for ids in pair.tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        ids = np.asarray(ids, np.int64)
+        np.add.at(counts, ids[ids < pair.vocab], 1)
+    if not counts.any():
+        raise ValueError("rank_tokens: the texts hold no tokens; pass a corpus like the prompts you will serve")
+    return dataclasses.replace(pair, token_ranks=np.lexsort((np.arange(pair.vocab), -counts)))
+
+
+def draft_vocab_ids(pair: Pair, n: int) -> jax.Array:
+    """The sorted ids of a draft_vocab=n subset: the EOS tokens, then the most frequent tokens."""
+    if pair.token_ranks is None:
+        raise ValueError(f"draft_vocab={n} needs token frequency ranks: pair = adasd_jax.engine.rank_tokens(pair, "
+                         "texts) with texts like your prompts and answers (adasd bench: --rank-corpus FILE)")
+    if n > pair.vocab:
+        raise ValueError(f"draft_vocab={n} is larger than the vocabulary ({pair.vocab} tokens)")
+    eos = np.asarray([i for i in pair.eos_ids if i < pair.vocab], np.int64)
+    ranked = pair.token_ranks[~np.isin(pair.token_ranks, eos)]
+    return jnp.asarray(np.sort(np.concatenate([eos, ranked])[:n]), jnp.int32)
+
+
+def _draft_params(pair: Pair, m: Method):
+    """What the loop gets as the draft: its parameters, plus the subset's ids for a draft_vocab method."""
+    if pair.draft is None or not m.uses_draft:
+        return None
+    if not m.draft_vocab:
+        return pair.draft.params
+    return {**pair.draft.params, "vocab_ids": draft_vocab_ids(pair, m.draft_vocab)}
+
+
 def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: int):
     key = (lc, batch, width, max_len)
     if key not in pair.compiled:
-        draft_params = pair.draft.params if pair.draft is not None and lc.method.uses_draft else None
+        draft_params = _draft_params(pair, lc.method)
         mstate = loop.init_method_state(lc.method, batch)
         shard = _input_shardings(lc.layout, mstate, batch) if lc.layout else (None,) * 4
         struct = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
@@ -225,6 +261,8 @@ def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_
         raise ValueError(f"method {m.name!r} needs a draft model; load the pair with draft=...")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if m.draft_vocab and pair.layout is not None:
+        raise ValueError("draft_vocab runs on one device for now: load the pair without a mesh, or drop draft_vocab")
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     ids = encode(pair, prompts, chat)
@@ -302,7 +340,7 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
         compile_s += c_s
         thresholds = _initial_thresholds(pair, m, thresholds, reset_state, B, start == 0 and state is not None)
         key, sub = jax.random.split(key)
-        draft_params = pair.draft.params if m.uses_draft else None
+        draft_params = _draft_params(pair, m)
         inputs = (prompt, lengths, loop.init_method_state(m, B, thresholds), sub)
         if pair.layout is not None:
             inputs = pair.layout.place(inputs, _input_shardings(pair.layout, inputs[2], B))
@@ -341,7 +379,7 @@ class Stream:
             pair.compiled[key] = (jax.jit(loop.prefill, static_argnums=(2, 5)), jax.jit(loop.round_step, static_argnums=2),
                                   jax.jit(loop.running, static_argnums=0))
         prefill, step, running = pair.compiled[key]
-        pd = pair.draft.params if m.uses_draft else None
+        pd = loop.with_draft_head(_draft_params(pair, m), lc)
         s = prefill(pair.target.params, pd, lc, self.prompt, self.lengths, self.max_len,
                     loop.init_method_state(m, 1, self.thresholds), jax.random.key(self.seed))
         shown, text = 0, ""

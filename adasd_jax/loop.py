@@ -71,7 +71,7 @@ def prefill(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: Meth
     y0 = choose(k0, logits, lc.sampling)
     if lc.method.uses_draft:
         dcache = models.init_cache(lc.draft, B, max_len, jax.tree.leaves(pd)[0].dtype)
-        _, dcache = models.forward(pd, lc.draft, prompts, dcache, lengths, lengths - 1)
+        _, dcache = draft_forward(pd, lc, prompts, dcache, lengths, lengths - 1)
     else:
         dcache = models.KVCache(k=jnp.zeros((0,)), v=jnp.zeros((0,)), lengths=jnp.zeros((B,), jnp.int32))
     nan = jnp.isnan(logits).any(-1)
@@ -100,6 +100,26 @@ def _constrain(lc: LoopConfig, s: LoopState) -> LoopState:
 
 # ---------------------------------------------------------------- draft
 
+def with_draft_head(pd, lc: LoopConfig):
+    """With `draft_vocab`, add the draft's output rows for its token subset `pd["vocab_ids"]` (FR-Spec): gathered
+    once per generation, outside the loop, so that each draft step streams N head rows instead of the vocabulary."""
+    if not lc.method.draft_vocab or pd is None:
+        return pd
+    head = pd["embed"] if lc.draft.tie_word_embeddings else pd["lm_head"]
+    return {**pd, "vocab_head": models.embed_lookup(head, pd["vocab_ids"])}
+
+
+def draft_forward(pd, lc: LoopConfig, tokens, cache, num_new, logits_index=None):
+    """The draft's forward with logits over the shared vocabulary; tokens outside a draft_vocab subset get -inf
+    (zero probability: never proposed, and speculative sampling's residual gives them their full target mass)."""
+    if not lc.method.draft_vocab:
+        logits, cache = models.forward(pd, lc.draft, tokens, cache, num_new, logits_index)
+        return logits[..., :lc.vocab], cache
+    sub, cache = models.forward(pd, lc.draft, tokens, cache, num_new, logits_index, head=pd["vocab_head"])
+    full = jnp.full(sub.shape[:-1] + (lc.vocab,), -jnp.inf, sub.dtype)
+    return full.at[..., pd["vocab_ids"]].set(sub), cache
+
+
 def draft(pd, lc: LoopConfig, s: LoopState, key):
     """Propose up to cap tokens per row, token by token, stopping rows by the method's entropy rule.
 
@@ -108,9 +128,9 @@ def draft(pd, lc: LoopConfig, s: LoopState, key):
     """
     m, K, V = lc.method, lc.k, lc.vocab
     B = s.last.shape[0]
-    q, cache = models.forward(pd, lc.draft, s.pending, s.draft_cache, s.n_pending, s.n_pending - 1)
+    q, cache = draft_forward(pd, lc, s.pending, s.draft_cache, s.n_pending, s.n_pending - 1)
     cap = policies.draft_cap(m, s.method)
-    init = dict(i=jnp.zeros((), jnp.int32), q=q[:, 0, :V], cache=cache, want=~s.done & (cap > 0),
+    init = dict(i=jnp.zeros((), jnp.int32), q=q[:, 0], cache=cache, want=~s.done & (cap > 0),
                 n=jnp.zeros((B,), jnp.int32), declined=jnp.zeros((B,), bool),
                 props=jnp.zeros((B, K), jnp.int32), q_buf=jnp.zeros((B, K + 1, V), jnp.float32))
 
@@ -122,8 +142,8 @@ def draft(pd, lc: LoopConfig, s: LoopState, key):
         want = propose & (n < cap)  # rows that go on drafting: every wanting row sits at slot i
 
         def feed(cache):
-            logits, cache = models.forward(pd, lc.draft, x[:, None], cache, want.astype(jnp.int32))
-            return logits[:, 0, :V], cache
+            logits, cache = draft_forward(pd, lc, x[:, None], cache, want.astype(jnp.int32))
+            return logits[:, 0], cache
 
         q_next, cache = jax.lax.cond(want.any(), feed, lambda cache: (c["q"], cache), c["cache"])
         return dict(i=c["i"] + 1, q=q_next, cache=cache, want=want, n=n, declined=c["declined"] | stop,
@@ -282,6 +302,7 @@ def running(lc: LoopConfig, s: LoopState) -> jax.Array:
 
 def generate(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: MethodState, key):
     """The whole generation under one jit: prefill, then rounds until every row is done."""
+    pd = with_draft_head(pd, lc)
     s = prefill(pt, pd, lc, prompts, lengths, max_len, mstate, key)
     s = jax.lax.while_loop(functools.partial(running, lc), functools.partial(round_step, pt, pd, lc), s)
     s = s.replace(target_cache=None, draft_cache=None)

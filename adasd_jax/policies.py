@@ -31,6 +31,7 @@ class Method:
     entropy_stop: bool = True  # adasd ablation: T_G (off: draft k_max)
     js_accept: bool = True  # adasd ablation: T_V (off: strict acceptance only)
     per_row: bool = False  # adasd: one threshold state per row instead of pooled over the batch
+    draft_vocab: int = 0  # any drafting method: the draft scores only the pair's N most frequent tokens (0: all)
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -39,6 +40,8 @@ class Method:
             raise ValueError(f"stats_on must be 'strict' or 'final', got {self.stats_on!r}")
         if not 1 <= self.k_max <= 64 or not 1 <= self.k <= self.k_max:
             raise ValueError(f"need 1 <= k <= k_max <= 64, got k={self.k}, k_max={self.k_max}")
+        if self.draft_vocab < 0:
+            raise ValueError(f"draft_vocab is a number of tokens (0 = the whole vocabulary), got {self.draft_vocab}")
         if self.name == "fsd" and not 0 <= self.tau <= 1:
             raise ValueError(f"fsd tau is a JS distance in [0, 1], got {self.tau}")
 

@@ -18,11 +18,11 @@ import numpy as np
 from models.config import SUPPORTED_MODEL_TYPES, Config, ConfigError
 from models.kv_cache import KVCache, cache_axes, init_cache
 from models.load.convert import CheckpointError
-from models.transformer import ParamSpec, check_params, forward, init_params, param_axes, param_specs
+from models.transformer import ParamSpec, check_params, embed_lookup, forward, init_params, param_axes, param_specs
 
 __all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
-           "check_params", "first_layers", "forward", "init_cache", "init_params", "load", "load_tokenizer", "param_axes",
-           "param_specs", "parse_dtype", "save", "source_kind"]
+           "check_params", "embed_lookup", "first_layers", "forward", "init_cache", "init_params", "load", "load_tokenizer",
+           "param_axes", "param_specs", "parse_dtype", "save", "source_kind"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -155,13 +155,15 @@ def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
 
 def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
             num_new: jax.Array | None = None, logits_index: jax.Array | None = None,
-            segments: jax.Array | None = None):
+            segments: jax.Array | None = None, head: jax.Array | None = None):
     """Run T new tokens per row through the decoder.
 
     tokens: [B,T] int; row b's token t sits at position cache.lengths[b] + t.
     num_new: [B] how far each row's length advances (default T; padding past it is written but
       stays outside the valid prefix, and is overwritten by the next call).
     logits_index: optional [B] index into T; then logits are [B,1,V] at that index only.
+    head: optional [N,D] output matrix used instead of the model's own (a draft's vocabulary subset); logits are
+      then [B,T,N].
     segments: optional [B,T] document ids of packed training rows (fresh cache of exactly T positions):
       a token attends only to earlier tokens of its own document. RoPE is relative, so positions need
       not restart per document.
@@ -191,7 +193,9 @@ def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
     if logits_index is not None:
         x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
     x = rms_norm(x, params["final_norm"], c.rms_norm_eps)
-    logits = linear(x, params["embed"] if c.tie_word_embeddings else params["lm_head"]).astype(jnp.float32)
+    if head is None:
+        head = params["embed"] if c.tie_word_embeddings else params["lm_head"]
+    logits = linear(x, head).astype(jnp.float32)
     advance = jnp.full((B,), T, jnp.int32) if num_new is None else num_new.astype(jnp.int32)
     return logits, KVCache(k=tuple(ks), v=tuple(vs), lengths=cache.lengths + advance)
 

@@ -365,3 +365,17 @@ def test_in_loop_collectives_reads_loop_bodies_only():
     found = sorted((c.computation, c.kind, c.elements) for c in in_loop_collectives(HLO))
     # the prefill-like all-gather in ENTRY is outside every loop; the called step's and the tuple's are inside
     assert found == [("body", "all-reduce", 5), ("step", "all-gather", 32), ("step", "all-reduce", 32)]
+
+
+def test_bench_draft_vocab_ranks_on_a_corpus_without_the_benchmarked_rows(loaded, tmp_path):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"w{9 + i} w{30 + i}", "answer": f"w{40 + i} w41\n#### {i}"})
+                              for i in range(6)))
+    args = ["--data-file", data, "--limit", "2", "--max-new-tokens", "6", "--methods", "ar,sd:K=2,draft_vocab=40",
+            "--no-plots"]
+    with pytest.raises(ValueError, match="pass --rank-corpus"):
+        _bench(loaded, tmp_path / "none", *args)
+    res = _bench(loaded, tmp_path / "ranked", *args, "--rank-corpus", data)
+    assert res["config"]["rank_corpus"] == {"files": [str(data)], "texts": 4, "skipped_benchmark_rows": 2}
+    row = res["summary"]["methods"]["sd:K=2,draft_vocab=40"]
+    assert row["lossless_check"] == "identical"  # still lossless with 40 of 96 tokens drafted

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import adasd_jax
+import models
 from adasd_jax import Method
 from adasd_jax.engine import Model, Pair
 from conftest import make_tiny_pair
@@ -118,19 +119,22 @@ def test_second_length_in_bucket_compiles_nothing(tiny_pair):
     assert len(events) > compiled
 
 
-def test_sampled_sd_follows_target_distribution():
-    """Lossless speculative sampling: the second and third tokens' marginals equal the target's exactly."""
+@pytest.mark.parametrize("draft_vocab", [0, 5])
+def test_sampled_sd_follows_target_distribution(draft_vocab):
+    """Lossless speculative sampling: the second and third tokens' marginals equal the target's exactly, also
+    when the draft scores only 5 of the 8 tokens (the residual then carries the other 3)."""
     import jax.numpy as jnp
 
     import models
     from adasd_jax.divergence import Sampling, transform
 
     pair = make_tiny_pair(vocab=8, eos=(), layer_scale=0.3, draft_layers=1, seed=1)
+    pair = dataclasses.replace(pair, token_ranks=np.arange(8)[::-1])  # the subset: tokens 3..7
     s = Sampling(temperature=0.9, top_k=6)
     prompt = [3, 5, 1]
     n = 6000
-    out = adasd_jax.generate(pair, [prompt] * n, method="sd:K=3", max_new_tokens=3, temperature=s.temperature,
-                             top_k=s.top_k, seed=0)
+    out = adasd_jax.generate(pair, [prompt] * n, method=f"sd:K=3,draft_vocab={draft_vocab}", max_new_tokens=3,
+                             temperature=s.temperature, top_k=s.top_k, seed=0)
     toks = np.asarray(out.tokens)
     # exact target marginals by enumeration over the first two tokens
     c, pt = pair.target.config, pair.target.params
@@ -147,6 +151,39 @@ def test_sampled_sd_follows_target_distribution():
     for pos, p in ((1, p2), (2, p3)):
         emp = np.bincount(toks[:, pos], minlength=8) / n
         assert 0.5 * np.abs(emp - p).sum() < 0.03, (pos, emp, p)
+
+
+def test_draft_vocab_subset_is_lossless_and_scores_only_its_tokens(tiny_pair, prompts, ar_ref):
+    import jax.numpy as jnp
+
+    from adasd_jax import engine, loop
+
+    with pytest.raises(ValueError, match="needs token frequency ranks"):
+        adasd_jax.generate(tiny_pair, prompts, method="sd:K=3,draft_vocab=48")
+    with pytest.raises(ValueError, match="draft_vocab is a number of tokens"):
+        Method.parse("sd:draft_vocab=-1")
+    V = tiny_pair.vocab
+    pair = dataclasses.replace(tiny_pair, token_ranks=np.arange(V)[::-1].copy(), states={}, compiled={})
+    with pytest.raises(ValueError, match="larger than the vocabulary"):
+        adasd_jax.generate(pair, prompts, method=f"sd:K=3,draft_vocab={V + 1}")
+    full = adasd_jax.generate(pair, prompts, method="sd:K=3", max_new_tokens=MAX_NEW)
+    sub = adasd_jax.generate(pair, prompts, method="sd:K=3,draft_vocab=48", max_new_tokens=MAX_NEW)
+    assert sub.tokens == ar_ref.tokens  # lossless whatever the draft scores
+    assert 0 < sub.metrics["accepted"].sum() < full.metrics["accepted"].sum()  # half the vocabulary cannot be drafted
+    ids = np.asarray(engine.draft_vocab_ids(pair, 48))
+    assert set(pair.eos_ids) <= set(ids.tolist()) and len(set(ids.tolist())) == 48
+    # the subset's logits are the full head's rows; every other token gets -inf
+    lc, _ = engine._setup(pair, prompts, "sd:K=3,draft_vocab=48", 4, 0.0, 0, 1.0, False, False)
+    pd = loop.with_draft_head(engine._draft_params(pair, lc.method), lc)
+    c = pair.draft.config
+    cache = models.init_cache(c, 1, 8)
+    tokens = jnp.asarray([[5, 6, 7]])
+    want, _ = models.forward(pair.draft.params, c, tokens, cache)
+    got, _ = loop.draft_forward(pd, lc, tokens, cache, jnp.asarray([3]))
+    np.testing.assert_allclose(np.asarray(got)[..., ids], np.asarray(want)[..., ids], rtol=1e-5, atol=1e-5)
+    assert np.isneginf(np.delete(np.asarray(got), ids, axis=-1)).all()
+    ada = adasd_jax.generate(pair, prompts, method="adasd:draft_vocab=48", max_new_tokens=MAX_NEW)
+    np.testing.assert_array_equal(ada.metrics["accepted"], ada.metrics["strict"] + ada.metrics["lossy"])
 
 
 def test_bad_inputs(tiny_pair, prompts):
@@ -195,6 +232,11 @@ def test_real_weights_sd_and_adasd(smollm2):
     sd = adasd_jax.generate(pair, qs, method="sd:K=3", max_new_tokens=12)
     assert sd.tokens == ar.tokens and sd.texts == ar.texts
     assert sd.metrics["accepted"].sum() > 0 and all(t.strip() for t in ar.texts)
+    # FR-Spec: a 4096-token draft vocabulary ranked on a few GSM8K-like texts stays lossless
+    ranked = adasd_jax.engine.rank_tokens(pair, qs + ["a a a a a a b", "12 times 7 is 84. The answer is 84."] * 3)
+    assert ranked.token_ranks[0] == tok(" a", add_special_tokens=False)["input_ids"][0]
+    fr = adasd_jax.generate(ranked, qs, method="sd:K=3,draft_vocab=4096", max_new_tokens=12)
+    assert fr.tokens == ar.tokens and fr.metrics["accepted"].sum() > 0
     ada = adasd_jax.generate(pair, qs, method="adasd", max_new_tokens=12)
     m = ada.metrics
     assert [t[0] for t in ada.tokens] == [t[0] for t in ar.tokens]  # the prefill's token is the target's

@@ -372,6 +372,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--replace", action="store_true",
                     help="with --merge: a problem found in several directories keeps the last one's records (rerun a "
                          "problem that other load on the machine slowed; the replacements are listed in the output)")
+    ap.add_argument("--rank-corpus", nargs="+", metavar="FILE",
+                    help="for draft_vocab=N methods (FR-Spec): count token frequencies on these files (GSM8K-style "
+                         "jsonl rows, or whole text files); rows holding a benchmarked question are skipped")
     ap.add_argument("--hf-gguf", default="dequantize", choices=peers.GGUF_MODES,
                     help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
                          "or transformers' packed quantized kernels")
@@ -405,16 +408,42 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         t = time.perf_counter()
         hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf)
         print(f"loaded the transformers peers in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    rank = None
+    if any(Method.parse(m).draft_vocab for m in methods if m not in peers.PEERS):
+        if not a.rank_corpus:
+            raise ValueError("methods with draft_vocab=N draft over the N most frequent tokens: pass --rank-corpus "
+                             "FILE (GSM8K-style jsonl or text) to count them on")
+        texts, skipped = rank_corpus_texts(a.rank_corpus, problems)
+        pair = engine.rank_tokens(pair, texts)
+        rank = {"files": [str(f) for f in a.rank_corpus], "texts": len(texts), "skipped_benchmark_rows": skipped}
     steps = None if a.no_step_timing else []
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
                   trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout,
                   peer_limit=a.peer_limit, step_samples=steps)
-    config = configuration(a, pair, hf, problems, methods, data_file, commit)
+    config = configuration(a, pair, hf, problems, methods, data_file, commit) | {"rank_corpus": rank}
     summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
                                batch_size=a.batch_size)
     if jax.process_index() != 0:  # multi-host: process 0 alone writes
         return {"config": config, "summary": summary, "records": records}
     return write_results(Path(a.out_dir), config, summary, records, plots=not a.no_plots)
+
+
+def rank_corpus_texts(files, problems) -> tuple[list[str], int]:
+    """Texts to count token frequencies on: each jsonl row's string fields, or a whole text file. Rows whose
+    question is one of the benchmark's problems are skipped (their count is returned), so ranks never see them."""
+    texts, skipped = [], 0
+    for f in map(Path, files):
+        if not f.is_file():
+            raise FileNotFoundError(f"--rank-corpus: {f} does not exist")
+        if f.suffix != ".jsonl":
+            texts.append(f.read_text(errors="replace"))
+            continue
+        for _, row in datasets.jsonl_rows(f.read_text(), str(f)):
+            if isinstance(row.get("question"), str) and any(row["question"] in p.prompt for p in problems):
+                skipped += 1
+                continue
+            texts.append("\n".join(v for v in row.values() if isinstance(v, str)))
+    return texts, skipped
 
 
 def write_results(out: Path, config: dict, summary: dict, records: dict, plots: bool = True) -> dict:
