@@ -184,6 +184,8 @@ def test_draft_vocab_subset_is_lossless_and_scores_only_its_tokens(tiny_pair, pr
     assert np.isneginf(np.delete(np.asarray(got), ids, axis=-1)).all()
     ada = adasd_jax.generate(pair, prompts, method="adasd:draft_vocab=48", max_new_tokens=MAX_NEW)
     np.testing.assert_array_equal(ada.metrics["accepted"], ada.metrics["strict"] + ada.metrics["lossy"])
+    st = engine.stream(pair, prompts[0], method="sd:K=3,draft_vocab=48", max_new_tokens=MAX_NEW)
+    assert [t for piece in st for t in piece] == ar_ref.tokens[0]  # the streaming path drafts the same way
 
 
 def test_bad_inputs(tiny_pair, prompts):
