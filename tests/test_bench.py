@@ -330,6 +330,19 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     runner.bench(b, pair=pair, hf=hf)
     with pytest.raises(ValueError, match="different settings \\(max_new_tokens"):
         runner.merge([tmp_path / "part2", tmp_path / "other"])
+    # a run recorded before a switch existed merges with one that has the switch at its default, not otherwise
+    f = tmp_path / "part2" / "results.json"
+    run = json.loads(f.read_text())
+    settings = run["config"]["method_settings"]
+    assert all(", draft_vocab=0)" in t for t in settings.values())
+    for v, ok in (("", True), (", draft_vocab=32768", False)):
+        run["config"]["method_settings"] = {m: t.replace(", draft_vocab=0)", v + ")") for m, t in settings.items()}
+        f.write_text(json.dumps(run))
+        if ok:
+            assert runner.merge([tmp_path / "part0", tmp_path / "part2"])[0]["problems"] == merged["config"]["problems"]
+        else:
+            with pytest.raises(ValueError, match="different settings \\(method_settings"):
+                runner.merge([tmp_path / "part0", tmp_path / "part2"])
 
 
 HLO = """HloModule m

@@ -12,6 +12,8 @@ Writes results.json (configuration, model sha256s, every per-problem result), re
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import hashlib
 import json
 import math
@@ -243,6 +245,20 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
 PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "merged_from", "replaced"}
 
 
+def _method_fields(text: str) -> dict:
+    """A recorded `repr(Method)` as a dict; a switch added after the run was recorded takes its default."""
+    call = ast.parse(text, mode="eval").body
+    got = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    return {f.name: got.get(f.name, f.default) for f in dataclasses.fields(Method)}
+
+
+def _comparable(config: dict, key: str):
+    """One configuration value as merging compares it (method settings field by field, not as text)."""
+    if key == "method_settings" and key in config:
+        return {m: _method_fields(text) for m, text in config[key].items()}
+    return config.get(key)
+
+
 def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, dict]:
     """(config, summary, records) of several runs over disjoint problems with the same settings.
 
@@ -261,7 +277,8 @@ def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, di
         raise ValueError("--merge needs at least two result directories")
     first = runs[0][1]["config"]
     for d, r in runs[1:]:
-        diff = sorted(k for k in (set(first) | set(r["config"])) - PER_RUN if first.get(k) != r["config"].get(k))
+        diff = sorted(k for k in (set(first) | set(r["config"])) - PER_RUN
+                      if _comparable(first, k) != _comparable(r["config"], k))
         if diff:
             raise ValueError(f"--merge: {d} was run with different settings ({', '.join(diff)}); only runs of one "
                              "configuration over different problems can be merged")
