@@ -356,6 +356,31 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
     return _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s)
 
 
+def prefill_s(pair: Pair, prompts, method: str | Method = "ar", max_new_tokens: int = 128, temperature: float = 0.0,
+              chat: bool = True, repeats: int = 1) -> float:
+    """Seconds that `generate` spends on the prompts before its first round (both models' prefill, as one batch),
+    timed apart on the same jitted code; median of `repeats`, compilation excluded. The benchmark takes it out of
+    `ar`'s time to compare the loop's per-token cost with one bare decode step."""
+    if pair.layout is not None:
+        raise ValueError("prefill_s times a pair on one device: load it without a mesh")
+    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, 0, 1.0, chat, False)
+    prompt, lengths, max_len = _pad(ids, lc)
+    B = len(ids)
+    key = ("prefill", lc, B, prompt.shape[1], max_len)
+    if key not in pair.compiled:
+        pair.compiled[key] = jax.jit(lambda pt, pd, p, n, ms, k: loop.prefill(
+            pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k).out)
+    args = (pair.target.params, _draft_params(pair, lc.method), prompt, lengths,
+            loop.init_method_state(lc.method, B), jax.random.key(0))
+    jax.block_until_ready(pair.compiled[key](*args))  # compiles on a bucket's first call
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(pair.compiled[key](*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 class Stream:
     """Iterate to get text (or token ids without a tokenizer) as rounds complete; `.output` at the end.
 

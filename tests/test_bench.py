@@ -249,6 +249,12 @@ def test_speed_ratios_use_only_the_problems_both_methods_ran():
     assert rows["ar"]["speedup_vs_hf_ar"] == pytest.approx(5.0)  # on p0 alone: 10 tok/s against 2
     assert rows["hf-ar"]["speedup_vs_ar"] == pytest.approx(0.2)
     assert summary["target_step_s"] == pytest.approx(0.2) and summary["ar_vs_step_limit"] == pytest.approx(0.8)
+    assert "ar_decode_vs_step_limit" not in summary  # no prefill timed
+    for r, pre in zip(records["ar"], (0.5, 0.5)):
+        r["prefill_s"] = pre
+    summary = report.summarize(records, ["ar", "hf-ar"], step_samples=[0.2, 0.1, 0.3])
+    # 18 decode steps (the prefill emits each problem's first token) at 0.2 s against 5 - 1 s of decoding
+    assert summary["ar_decode_vs_step_limit"] == pytest.approx(0.9) and summary["ar_prefill_s"] == pytest.approx(0.5)
     assert "| n |" in report.markdown(summary, {"dataset": "gsm8k", "offset": 0, "max_new_tokens": 10,
                                                 "temperature": 0.0, "dtype": "float32", "batch_size": 1,
                                                 "device": "cpu", "prompt_template": {"user_message": "q", "chat": True}})
@@ -290,6 +296,8 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     assert len(first["records"]["ar"]) == 2 and first["config"]["peer_limit"] == 1
     assert first["summary"]["target_step_samples"] == 6  # 3 per problem, interleaved with the methods
     assert first["summary"]["ar_vs_step_limit"] > 0 and first["config"]["commit"]
+    assert all(r["prefill_s"] > 0 for r in first["records"]["ar"]) and "prefill_s" not in first["records"]["hf-ar"][0]
+    assert first["summary"]["ar_decode_vs_step_limit"] > 0
     shared = {"gsm8k/0"}
     ar0 = [r for r in first["records"]["ar"] if r["problem"] in shared]
     hf0 = first["records"]["hf-ar"]

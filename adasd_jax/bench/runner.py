@@ -202,7 +202,8 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
 
     peer_limit > 0 runs the torch peers on the first `peer_limit` problems only (they are 5-10x slower);
     their ratios are then taken over the problems they share with each method. A `step_samples` list
-    receives 3 timings of one bare target decode step per batch of problems, interleaved with the methods.
+    receives 3 timings of one bare target decode step per batch of problems, interleaved with the methods;
+    `ar`'s records then also carry `prefill_s`, its prefill timed apart.
     """
     from tqdm import tqdm
 
@@ -228,6 +229,11 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
                     continue
             else:
                 recs = _jax_records(pair, chunk, spec, max_new_tokens, temperature, seed + c, trace)
+                if spec == "ar" and step_once is not None:  # its prefill, timed apart, for the decode-only figure
+                    pre = engine.prefill_s(pair, [p.prompt for p in chunk], spec, max_new_tokens, temperature,
+                                           chunk[0].chat) / len(chunk)
+                    for rec in recs:
+                        rec["prefill_s"] = pre
             for prob, rec in zip(chunk, recs):
                 rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache)
             records[spec] += recs
