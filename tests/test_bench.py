@@ -400,3 +400,14 @@ def test_bench_draft_vocab_ranks_on_a_corpus_without_the_benchmarked_rows(loaded
     assert res["config"]["rank_corpus"] == {"files": [str(data)], "texts": 4, "skipped_benchmark_rows": 2}
     row = res["summary"]["methods"]["sd:K=2,draft_vocab=40"]
     assert row["lossless_check"] == "identical"  # still lossless with 40 of 96 tokens drafted
+
+
+def test_map_count_warning_names_the_limit_and_the_fix(tmp_path):
+    f = tmp_path / "max_map_count"
+    f.write_text("65530\n")
+    msg = runner.map_count_warning(8, f)
+    assert "vm.max_map_count is 65530" in msg and "sudo sysctl -w vm.max_map_count=1048576" in msg
+    assert runner.map_count_warning(1, f) is None  # one method compiles too little to reach it
+    f.write_text("1048576\n")
+    assert runner.map_count_warning(8, f) is None
+    assert runner.map_count_warning(8, tmp_path / "missing") is None  # not Linux: nothing to say

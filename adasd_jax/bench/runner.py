@@ -406,6 +406,31 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
+MAPS_ADVISED = 262144
+
+
+def map_count_warning(n_methods: int, path: Path = MAX_MAP_COUNT) -> str | None:
+    """A warning when Linux's per-process limit on memory mappings may end a CPU run midway.
+
+    XLA:CPU maps the code of every compiled kernel apart: about 3,000 mappings per method and prompt bucket on the
+    default pair (25,660 after 8 methods, measured). Past the limit (65530 by default) LLVM fails with 'Cannot
+    allocate memory' and the process crashes, losing the run.
+    """
+    if jax.default_backend() != "cpu" or n_methods < 2:
+        return None
+    try:
+        limit = int(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if limit >= MAPS_ADVISED:
+        return None
+    return (f"warning: vm.max_map_count is {limit}. XLA:CPU maps every compiled kernel apart (about 3,000 mappings "
+            f"per method and prompt bucket), so a run of {n_methods} methods can pass it midway and crash with "
+            f"'LLVM compilation error: Cannot allocate memory'. Raise it first: "
+            f"sudo sysctl -w vm.max_map_count={4 * MAPS_ADVISED}")
+
+
 def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) -> dict:
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
     if a.merge:
@@ -422,6 +447,8 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
             raise ValueError(f"no GSM8K file at {DEFAULT_GSM8K}: pass --data-file with GSM8K-format jsonl")
         data_file = DEFAULT_GSM8K
     problems = datasets.load(a.dataset, data_file, a.limit or None, a.offset)
+    if (warning := map_count_warning(len(methods))) and jax.process_index() == 0:
+        print(warning, file=sys.stderr)
     if pair is None:
         t = time.perf_counter()
         pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, mesh=a.mesh,
