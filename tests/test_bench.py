@@ -411,3 +411,16 @@ def test_map_count_warning_names_the_limit_and_the_fix(tmp_path):
     f.write_text("1048576\n")
     assert runner.map_count_warning(8, f) is None
     assert runner.map_count_warning(8, tmp_path / "missing") is None  # not Linux: nothing to say
+
+
+def test_step_timing_on_a_mesh_times_no_prefill(tiny_pair):
+    """prefill_s runs on one device only: on a mesh the runner keeps the bare-step figure and skips the prefill."""
+    on_mesh = engine.shard(tiny_pair, "data=1,model=1")
+    probs = [datasets.Problem(id="p0", prompt=[5, 6, 7], answer="#### 0", chat=False)]
+    with pytest.raises(ValueError, match="one device"):
+        engine.prefill_s(on_mesh, [[5, 6, 7]])
+    steps = []
+    recs = runner.run(on_mesh, probs, ["ar"], 4, progress=False, step_samples=steps)["ar"]
+    assert len(steps) == 3 and "prefill_s" not in recs[0]
+    recs = runner.run(tiny_pair, probs, ["ar"], 4, progress=False, step_samples=[])["ar"]
+    assert recs[0]["prefill_s"] > 0

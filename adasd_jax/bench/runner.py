@@ -229,7 +229,7 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
                     continue
             else:
                 recs = _jax_records(pair, chunk, spec, max_new_tokens, temperature, seed + c, trace)
-                if spec == "ar" and step_once is not None:  # its prefill, timed apart, for the decode-only figure
+                if spec == "ar" and step_once is not None and pair.layout is None:  # prefill apart: decode-only figure
                     pre = engine.prefill_s(pair, [p.prompt for p in chunk], spec, max_new_tokens, temperature,
                                            chunk[0].chat) / len(chunk)
                     for rec in recs:
