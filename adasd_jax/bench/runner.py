@@ -389,6 +389,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="skip timing one bare target decode step (3 timings per batch of problems, interleaved)")
     ap.add_argument("--peer-limit", type=int, default=0,
                     help="run hf-ar/hf-assisted on the first N problems only (0 = all); ratios use shared problems")
+    ap.add_argument("--max-buckets", type=int, default=None,
+                    help="keep the compiled programs of at most N prompt buckets (0 = all; older ones recompile when "
+                         "their bucket comes back). Default: all, or what fits under vm.max_map_count on CPU")
     ap.add_argument("--merge", nargs="+", metavar="DIR",
                     help="merge the results.json of runs with the same settings over different problems into "
                          "--out-dir (runs nothing)")
@@ -408,27 +411,32 @@ def _parser() -> argparse.ArgumentParser:
 
 MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
 MAPS_ADVISED = 262144
+MAPS_PER_METHOD_BUCKET = 3200  # measured on the default pair: 25,660 after 8 methods, 73,698 after 8 methods x 3
+MAPS_BASE = 10000  # the interpreter, torch and both models before anything compiles
 
 
-def map_count_warning(n_methods: int, path: Path = MAX_MAP_COUNT) -> str | None:
-    """A warning when Linux's per-process limit on memory mappings may end a CPU run midway.
+def bucket_limit(n_methods: int, path: Path = MAX_MAP_COUNT) -> tuple[int, str | None]:
+    """How many prompt buckets' executables a run can keep under Linux's per-process limit on memory mappings
+    (0: all), and a note saying so.
 
     XLA:CPU maps the code of every compiled kernel apart: about 3,000 mappings per method and prompt bucket on the
-    default pair (25,660 after 8 methods, measured). Past the limit (65530 by default) LLVM fails with 'Cannot
-    allocate memory' and the process crashes, losing the run.
+    default pair. Past the limit (65530 by default) LLVM fails with 'Cannot allocate memory' and the process crashes,
+    losing the run; dropping older buckets' executables (they recompile if their bucket comes back) avoids that.
     """
     if jax.default_backend() != "cpu" or n_methods < 2:
-        return None
+        return 0, None
     try:
         limit = int(path.read_text())
     except (OSError, ValueError):
-        return None
+        return 0, None
     if limit >= MAPS_ADVISED:
-        return None
-    return (f"warning: vm.max_map_count is {limit}. XLA:CPU maps every compiled kernel apart (about 3,000 mappings "
-            f"per method and prompt bucket), so a run of {n_methods} methods can pass it midway and crash with "
-            f"'LLVM compilation error: Cannot allocate memory'. Raise it first: "
-            f"sudo sysctl -w vm.max_map_count={4 * MAPS_ADVISED}")
+        return 0, None
+    keep = max(1, (limit - MAPS_BASE) // (MAPS_PER_METHOD_BUCKET * n_methods))
+    return keep, (f"note: vm.max_map_count is {limit}. XLA:CPU maps every compiled kernel apart (about 3,000 "
+                  f"mappings per method and prompt bucket), so {n_methods} methods would pass it after a few prompt "
+                  f"buckets and crash with 'LLVM compilation error: Cannot allocate memory'. This run keeps the "
+                  f"executables of at most {keep} bucket(s) (--max-buckets); older ones recompile if their bucket "
+                  f"comes back. To keep them all: sudo sysctl -w vm.max_map_count={4 * MAPS_ADVISED}")
 
 
 def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) -> dict:
@@ -441,19 +449,24 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         raise ValueError(f"--peer-limit must be >= 0, got {a.peer_limit}")
     if a.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.max_buckets is not None and a.max_buckets < 0:
+        raise ValueError(f"--max-buckets must be >= 0 (0 keeps every bucket), got {a.max_buckets}")
     data_file = a.data_file
     if a.dataset == "gsm8k" and data_file is None:
         if not DEFAULT_GSM8K.is_file():
             raise ValueError(f"no GSM8K file at {DEFAULT_GSM8K}: pass --data-file with GSM8K-format jsonl")
         data_file = DEFAULT_GSM8K
     problems = datasets.load(a.dataset, data_file, a.limit or None, a.offset)
-    if (warning := map_count_warning(len(methods))) and jax.process_index() == 0:
-        print(warning, file=sys.stderr)
+    jax_methods = [m for m in methods if m not in peers.PEERS]
+    keep, note = bucket_limit(len(jax_methods))
+    if a.max_buckets is None and note and jax.process_index() == 0:
+        print(note, file=sys.stderr)
     if pair is None:
         t = time.perf_counter()
         pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, mesh=a.mesh,
                                 replicate_draft=not a.shard_draft)
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    pair = dataclasses.replace(pair, max_buckets=keep if a.max_buckets is None else a.max_buckets)
     if hf is None and any(m in peers.PEERS for m in methods):
         t = time.perf_counter()
         hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf)
