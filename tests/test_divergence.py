@@ -84,3 +84,19 @@ def test_choose_samples_the_transformed_distribution_reproducibly():
     assert (draws < 3).all()
     np.testing.assert_array_equal(jax.vmap(lambda k: choose(k, logits, s))(keys), draws)
     assert int(choose(keys[0], logits, Sampling())) == 0
+
+
+def test_sample_keeps_the_tail_of_a_peaked_full_vocabulary():
+    """A confident step over Qwen2.5's 151,936 tokens: 1% of the mass spread over the rest, each under 1e-7.
+    The tail must be drawn at its rate. jax.random.categorical's default Gumbel (mode="low") draws about half of it
+    (0.0055 of 20,000 draws against 0.0103), which biased every sampled token towards the mode before this sampler."""
+    V, top = 151936, 5
+    x = np.random.default_rng(0).standard_normal(V).astype(np.float32)
+    x[top] = 17.0
+    p = np.exp(x - x.max())
+    tail = 1.0 - p[top] / p.sum()
+    draw = jax.jit(jax.vmap(lambda k: sample(k, jnp.asarray(x))))
+    n = 10_000
+    hits = sum(int((np.asarray(draw(jax.random.split(jax.random.key(c), 1000))) != top).sum()) for c in range(n // 1000))
+    sd = np.sqrt(tail * (1 - tail) / n)
+    assert abs(hits / n - tail) < 4 * sd, f"tail drawn {hits / n:.4f}, softmax gives {tail:.4f} (sd {sd:.4f})"
