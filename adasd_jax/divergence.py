@@ -91,6 +91,8 @@ def sample(key: jax.Array, logits: jax.Array, block: int = SAMPLE_BLOCK) -> jax.
 
     Exact for the distribution (tokens of zero mass are never drawn) and one uniform per row instead of a
     Gumbel variate per token: 0.6 ms against 5 ms for jax.random.categorical over 152k logits on XLA:CPU.
+    Also unbiased where categorical's default float32 Gumbel is not: tokens under ~1e-7 each, which on a
+    confident step over 152k tokens hold about 1% of the mass, of which it draws about half.
     """
     lead, V = logits.shape[:-1], logits.shape[-1]
     n = -(-V // block)
