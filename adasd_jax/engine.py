@@ -272,6 +272,11 @@ def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: 
     return _cached(pair, ("generate", batch, width, lc, max_len), build)
 
 
+def generate_programs(pair: Pair):
+    """(loop config, batch, cache length, compiled program) of each `generate` executable the pair holds."""
+    return [(k[3], k[1], k[4], fn) for k, fn in pair.compiled.items() if k[0] == "generate"]
+
+
 def _state_key(m: Method) -> str:
     return repr(m)
 

@@ -78,9 +78,7 @@ def loop_collectives(pair: Pair) -> dict:
     from adasd_jax.bench.hlo import in_loop_collectives
 
     out = {}
-    for (kind, batch, _, lc, max_len), compiled in pair.compiled.items():
-        if kind != "generate":
-            continue
+    for lc, batch, max_len, compiled in engine.generate_programs(pair):
         found = in_loop_collectives(compiled.as_text())
         c = pair.target.config
         out[repr(lc.method)] = {"count": len(found), "max_elements": max((x.elements for x in found), default=0),

@@ -33,11 +33,9 @@ def print_loop_collectives(pair: engine.Pair) -> None:
 
     from adasd_jax.bench.hlo import in_loop_collectives
 
-    for key, compiled in pair.compiled.items():
-        if key[0] != "generate":
-            continue
+    for lc, _, _, compiled in engine.generate_programs(pair):
         found = in_loop_collectives(compiled.as_text())
-        print(f"\n{key[3].method!r}: {len(found)} collectives inside the loops")
+        print(f"\n{lc.method!r}: {len(found)} collectives inside the loops")
         for comp in dict.fromkeys(c.computation for c in found):
             counts = Counter(f"{c.kind} {c.shape}" for c in found if c.computation == comp)
             print(f"  {comp}: " + "; ".join(f"{n} x {k}" for k, n in counts.most_common()))
