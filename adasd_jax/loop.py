@@ -156,9 +156,15 @@ def draft(pd, lc: LoopConfig, s: LoopState, key):
 
 # ---------------------------------------------------------------- verify
 
-def verify(pt, lc: LoopConfig, s: LoopState, props, n):
-    """One target forward over [last, x_1..x_w] for the smallest static width w >= the longest proposal."""
-    widths = lc.widths
+def verify(pt, lc: LoopConfig, s: LoopState, props, n, declined, q_buf, t_v, keys):
+    """One target forward over [last, x_1..x_w] for the smallest static width w >= the longest proposal, and
+    the acceptance of every row over those w + 1 positions only: the divergences over the vocabulary cost
+    as much as a draft step at the widest buffer (17 x 152k), so they follow the width, not the buffer.
+
+    Returns emitted [B,K+1], accepted prefix lengths a [B], threshold contributions, per-row info with d and
+    ent padded to [B,K+1], and the target cache.
+    """
+    widths, K = lc.widths, lc.k
     longest = jnp.max(jnp.where(s.done, 0, n))
     index = jnp.searchsorted(jnp.asarray(widths), longest)
 
@@ -166,7 +172,12 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n):
         def run(cache):
             tokens = jnp.concatenate([s.last[:, None], props[:, :w]], axis=1)
             logits, cache = models.forward(pt, lc.target, tokens, cache, jnp.zeros_like(n))
-            return jnp.pad(logits[..., :lc.vocab], ((0, 0), (0, lc.k - w), (0, 0))), cache
+            p = logits[..., :lc.vocab]
+            q = p if q_buf is None else q_buf[:, :w + 1]
+            emitted, a, contrib, info = jax.vmap(functools.partial(accept_row, lc))(
+                p, q, props[:, :w], n, declined, t_v, keys)
+            pad = lambda x: jnp.pad(x, ((0, 0), (0, K - w)))
+            return (pad(emitted), a, contrib, dict(info, d=pad(info["d"]), ent=pad(info["ent"]))), cache
         return run
 
     return jax.lax.switch(index, [branch(w) for w in widths], s.target_cache)
@@ -192,13 +203,13 @@ def residual_sample(key, p_logits, q_logits, sampling: Sampling):
 
 
 def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key):
-    """Verdicts, emission and statistics for one row. p/q_logits: [K+1,V]; props: [K]."""
-    m, s, K = lc.method, lc.sampling, lc.k
+    """Verdicts, emission and statistics for one row. p/q_logits: [w+1,V]; props: [w], w <= the buffer K."""
+    m, s, K = lc.method, lc.sampling, props.shape[0]
     k_u, k_y, k_dec, k_du = jax.random.split(key, 4)
     pos = jnp.arange(K)
     d = js_distance(jax.nn.softmax(p_logits), jax.nn.softmax(q_logits))  # [K+1]
     ent = entropy(q_logits)  # [K+1]
-    strict = strict_verdicts(s, p_logits[:K], q_logits[:K], props, jax.random.uniform(k_u, (K,)))
+    strict = strict_verdicts(s, p_logits[:K], q_logits[:K], props, jax.random.uniform(k_u, (lc.k,))[:K])
     valid = pos < n
     ok = policies.accept(m, strict, d[:K], t_v) & valid
     a = jnp.sum(jnp.cumprod(ok.astype(jnp.int32)))  # accepted prefix length
@@ -241,13 +252,10 @@ def round_step(pt, pd, lc: LoopConfig, s: LoopState) -> LoopState:
     else:
         props, n, declined = jnp.zeros((B, 0), jnp.int32), jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool)
         q_buf, dcache = None, s.draft_cache
-    p_buf, tcache = verify(pt, lc, s, props, n)
-    if q_buf is None:
-        q_buf = p_buf
     thresholds = s.method.thresholds
     t_v = jnp.broadcast_to(thresholds.t_v, (B,))
-    emitted, a, contrib, info = jax.vmap(functools.partial(accept_row, lc))(
-        p_buf, q_buf, props, n, declined, t_v, jax.random.split(k_accept, B))
+    (emitted, a, contrib, info), tcache = verify(pt, lc, s, props, n, declined, q_buf, t_v,
+                                                 jax.random.split(k_accept, B))
     live = ~s.done & ~info["nan"]
 
     # emit: cut at EOS and at max_new_tokens

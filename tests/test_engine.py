@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.extend
 import numpy as np
 import pytest
 
@@ -102,6 +103,35 @@ def test_same_key_same_output_sampling(tiny_pair, prompts):
     b = adasd_jax.generate(tiny_pair, prompts, seed=7, **kw)
     c = adasd_jax.generate(tiny_pair, prompts, seed=8, **kw)
     assert a.tokens == b.tokens and a.tokens != c.tokens
+
+
+def _log_positions(jaxpr, vocab: int) -> set[int]:
+    """P of every log over [B, P, vocab] in a jaxpr and its sub-jaxprs (loop bodies, switch branches)."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "log":
+            shape = eqn.outvars[0].aval.shape
+            if len(shape) == 3 and shape[-1] == vocab:
+                found.add(shape[1])
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+        found |= _log_positions(sub, vocab)
+    return found
+
+
+def test_divergences_follow_the_verified_width(tiny_pair):
+    """The JS distances and entropies of a round are taken over the w + 1 verified positions of its width branch,
+    not over the whole K_max + 1 buffer: at the real vocabulary that is 8 ms for 8 positions against 40 ms for 17."""
+    from adasd_jax import loop
+    from adasd_jax.divergence import Sampling
+
+    m = Method.parse("adasd")
+    lc = loop.LoopConfig(target=tiny_pair.target.config, draft=tiny_pair.draft.config, method=m, sampling=Sampling(),
+                         max_new_tokens=8, eos_ids=(2,), vocab=tiny_pair.vocab)
+    prompts, lengths = np.zeros((1, 8), np.int32), np.full((1,), 4, np.int32)
+    closed = jax.make_jaxpr(lambda pt, pd, p, n, ms, k: loop.generate(pt, pd, lc, p, n, 32, ms, k))(
+        tiny_pair.target.params, tiny_pair.draft.params, prompts, lengths, loop.init_method_state(m, 1),
+        jax.random.key(0))
+    assert _log_positions(closed.jaxpr, tiny_pair.vocab) == {w + 1 for w in lc.widths}  # {1, 2, 4, 8, 16, 17}
 
 
 def test_second_length_in_bucket_compiles_nothing(tiny_pair):
