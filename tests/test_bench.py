@@ -403,6 +403,29 @@ def test_bench_draft_vocab_ranks_on_a_corpus_without_the_benchmarked_rows(loaded
     assert row["lossless_check"] == "identical"  # still lossless with 40 of 96 tokens drafted
 
 
+def test_bench_seeds_repeat_each_problem_with_new_samples(loaded, tmp_path):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"w{5 + i} w{40 + i} w7", "answer": f"w\n#### {i}"})
+                              for i in range(2)))
+    args = ["--data-file", data, "--limit", 2, "--max-new-tokens", 12, "--methods", "ar,sd:K=3", "--no-plots"]
+    with pytest.raises(ValueError, match="greedy decoding .* gives every seed the same tokens"):
+        _bench(loaded, tmp_path / "greedy", *args, "--seeds", 2)
+    res = _bench(loaded, tmp_path / "out", *args, "--seeds", 3, "--temperature", 1.0)
+    cfg, records = res["config"], res["records"]
+    ids = ["gsm8k/0", "gsm8k/1", "gsm8k/0#s1", "gsm8k/1#s1", "gsm8k/0#s2", "gsm8k/1#s2"]
+    assert cfg["seeds"] == 3 and cfg["problems"] == ids
+    for m in ("ar", "sd:K=3"):
+        recs = {r["problem"]: r for r in records[m]}
+        assert list(recs) == ids
+        assert any(recs[p]["tokens"] != recs[f"{p}#s{r}"]["tokens"] for p in ids[:2] for r in (1, 2))  # new samples
+        assert all(recs[p]["correct"] == datasets.gsm8k_correct(recs[p]["text"], f"w\n#### {p.split('#')[0][-1]}")
+                   for p in ids)  # a repeat is scored against its own problem's answer
+    assert res["summary"]["methods"]["sd:K=3"]["n"] == 6
+    assert "3 seeds" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+        datasets.repeat([], 0)
+
+
 def test_bucket_limit_fits_the_map_count_and_names_the_fix(tmp_path):
     f = tmp_path / "max_map_count"
     f.write_text("65530\n")

@@ -162,6 +162,14 @@ def load(dataset: str, data_file: str | Path | None = None, limit: int | None = 
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
+def repeat(problems: list[Problem], seeds: int) -> list[Problem]:
+    """The problems `seeds` times over, each pass after the last; a repeat's id gets '#s<r>' (r >= 1) so that
+    records pair by (problem, seed) and the first pass keeps the ids of a single-seed run."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    return [p if r == 0 else dataclasses.replace(p, id=f"{p.id}#s{r}") for r in range(seeds) for p in problems]
+
+
 # ---------------------------------------------------------------- GSM8K scoring
 
 def _clean(number: str) -> str:

@@ -156,6 +156,11 @@ COLUMNS = ["n", "tokens_per_s", "compile_s", "speedup_vs_ar", "speedup_vs_sd_k4"
            "identical_to_ar", "t_g", "t_v"]
 
 
+def _seeds(config: dict) -> str:
+    n = config.get("seeds", 1)
+    return f" ({n} seeds: each problem ran {n} times, a repeat's id ends in #s<r>)" if n > 1 else ""
+
+
 def markdown(summary: dict, config: dict) -> str:
     rows = summary["methods"]
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values())]
@@ -165,7 +170,7 @@ def markdown(summary: dict, config: dict) -> str:
     lines = [(f"dataset **{config['dataset']}** ({n} problems from offset {config['offset']}), prompt template: "
              f"`{config['prompt_template']['user_message']}`, chat template "
              f"{'on' if config['prompt_template']['chat'] else 'off'}; {config['max_new_tokens']} new tokens, "
-             f"temperature {config['temperature']}, dtype {config['dtype']}, JAX batch {config['batch_size']} "
+             f"temperature {config['temperature']}{_seeds(config)}, dtype {config['dtype']}, JAX batch {config['batch_size']} "
              f"(hf peers batch 1), device {config['device']}. Best fixed-K sd: {summary.get('best_sd') or '-'}."), "",
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m, row in rows.items():

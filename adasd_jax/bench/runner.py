@@ -262,6 +262,8 @@ def _comparable(config: dict, key: str):
     """One configuration value as merging compares it (method settings field by field, not as text)."""
     if key == "method_settings" and key in config:
         return {m: _method_fields(text) for m, text in config[key].items()}
+    if key == "seeds":  # runs recorded before --seeds ran each problem once
+        return config.get(key, 1)
     return config.get(key)
 
 
@@ -348,6 +350,7 @@ def configuration(a, pair, hf, problems, methods, data_file, commit: str | None)
            "prompt_template": datasets.TEMPLATES[a.dataset], "methods": methods,
            "method_settings": {m: repr(Method.parse(m)) for m in methods if m not in peers.PEERS},
            "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "seed": a.seed,
+           "seeds": a.seeds,
            "batch_size": a.batch_size, "peer_limit": a.peer_limit or None, "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
            "machine": platform.platform(), "cpu_count": os.cpu_count(), "trace": not a.no_trace,
            "threshold_state": "carried over the whole run per method (the engine's default)",
@@ -379,7 +382,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list; preset 'ablation' = {PRESETS['ablation']}")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="PRNG seed of the first call (each call adds its index)")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="temperature > 0: run the problems N times over, each pass with new seeds, so that ratios "
+                         "rest on N samples per problem (one sampled trajectory varies by about +-10%%)")
     ap.add_argument("--batch-size", type=int, default=1, help="prompts per generate call for JAX methods (hf: 1)")
     ap.add_argument("--out-dir", default="bench-out", help="where results.json, results.md and the PNGs go")
     ap.add_argument("--no-trace", action="store_true", help="skip the per-round trace (and its plots)")
@@ -451,12 +457,15 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.max_buckets is not None and a.max_buckets < 0:
         raise ValueError(f"--max-buckets must be >= 0 (0 keeps every bucket), got {a.max_buckets}")
+    if a.seeds > 1 and a.temperature == 0:
+        raise ValueError(f"--seeds {a.seeds} repeats each problem with new sampling seeds, but greedy decoding "
+                         "(--temperature 0) gives every seed the same tokens: raise --limit for more samples")
     data_file = a.data_file
     if a.dataset == "gsm8k" and data_file is None:
         if not DEFAULT_GSM8K.is_file():
             raise ValueError(f"no GSM8K file at {DEFAULT_GSM8K}: pass --data-file with GSM8K-format jsonl")
         data_file = DEFAULT_GSM8K
-    problems = datasets.load(a.dataset, data_file, a.limit or None, a.offset)
+    problems = datasets.repeat(datasets.load(a.dataset, data_file, a.limit or None, a.offset), a.seeds)
     jax_methods = [m for m in methods if m not in peers.PEERS]
     keep, note = bucket_limit(len(jax_methods))
     if a.max_buckets is None and note and jax.process_index() == 0:
