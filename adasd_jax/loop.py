@@ -185,6 +185,20 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n, declined, q_buf, t_v, key
 
 # ---------------------------------------------------------------- accept (one row; vmapped)
 
+SEQUENTIAL_POSITIONS: bool | None = None  # None: on XLA:CPU, rounds of more than 8 positions go one at a time
+
+
+def per_position(f, *xs):
+    """f over the leading (position) axis. At a 152k vocabulary a pass over all 17 positions of a wide round streams
+    10 MB, which misses XLA:CPU's caches: there the round's divergences cost 20-29 ms at once against 10-12 ms a
+    position at a time, while up to 8 positions cost the same either way (docs/results/accept_width/). Accelerators
+    take every position in one kernel."""
+    sequential = SEQUENTIAL_POSITIONS
+    if sequential is None:
+        sequential = jax.default_backend() == "cpu" and xs[0].shape[0] > 8
+    return jax.lax.map(lambda a: f(*a), xs) if sequential else jax.vmap(f)(*xs)
+
+
 def strict_verdicts(sampling: Sampling, p_logits, q_logits, x, u):
     """The target's own verdicts on tokens x: greedy match, or u < min(1, p'(x) / q'(x))."""
     if sampling.greedy:
@@ -207,9 +221,13 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
     m, s, K = lc.method, lc.sampling, props.shape[0]
     k_u, k_y, k_dec, k_du = jax.random.split(key, 4)
     pos = jnp.arange(K)
-    d = js_distance(jax.nn.softmax(p_logits), jax.nn.softmax(q_logits))  # [K+1]
-    ent = entropy(q_logits)  # [K+1]
-    strict = strict_verdicts(s, p_logits[:K], q_logits[:K], props, jax.random.uniform(k_u, (lc.k,))[:K])
+
+    def position(p_l, q_l, x, u):  # every pass over the vocabulary that a position needs
+        return js_distance(jax.nn.softmax(p_l), jax.nn.softmax(q_l)), entropy(q_l), strict_verdicts(s, p_l, q_l, x, u)
+
+    u = jax.random.uniform(k_u, (lc.k,))[:K]
+    d, ent, strict = per_position(position, p_logits, q_logits, jnp.pad(props, (0, 1)), jnp.pad(u, (0, 1)))  # [K+1]
+    strict = strict[:K]  # the last position has no proposal
     valid = pos < n
     ok = policies.accept(m, strict, d[:K], t_v) & valid
     a = jnp.sum(jnp.cumprod(ok.astype(jnp.int32)))  # accepted prefix length
