@@ -421,7 +421,7 @@ def test_bench_seeds_repeat_each_problem_with_new_samples(loaded, tmp_path):
         assert all(recs[p]["correct"] == datasets.gsm8k_correct(recs[p]["text"], f"w\n#### {p.split('#')[0][-1]}")
                    for p in ids)  # a repeat is scored against its own problem's answer
     assert res["summary"]["methods"]["sd:K=3"]["n"] == 6
-    assert "3 seeds" in (tmp_path / "out" / "results.md").read_text()
+    assert "2 problems x 3 seeds" in (tmp_path / "out" / "results.md").read_text()
     with pytest.raises(ValueError, match="--seeds must be >= 1"):
         datasets.repeat([], 0)
 

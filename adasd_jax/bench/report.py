@@ -158,7 +158,7 @@ COLUMNS = ["n", "tokens_per_s", "compile_s", "speedup_vs_ar", "speedup_vs_sd_k4"
 
 def _seeds(config: dict) -> str:
     n = config.get("seeds", 1)
-    return f" ({n} seeds: each problem ran {n} times, a repeat's id ends in #s<r>)" if n > 1 else ""
+    return f" (each problem ran {n} times with new seeds, a repeat's id ends in #s<r>)" if n > 1 else ""
 
 
 def markdown(summary: dict, config: dict) -> str:
@@ -167,7 +167,9 @@ def markdown(summary: dict, config: dict) -> str:
     if len({r["n"] for r in rows.values()}) == 1:
         cols.remove("n")
     n = max((r["n"] for r in rows.values()), default=0)
-    lines = [(f"dataset **{config['dataset']}** ({n} problems from offset {config['offset']}), prompt template: "
+    seeds = config.get("seeds", 1)
+    count = f"{n // seeds} problems x {seeds} seeds" if seeds > 1 else f"{n} problems"
+    lines = [(f"dataset **{config['dataset']}** ({count} from offset {config['offset']}), prompt template: "
              f"`{config['prompt_template']['user_message']}`, chat template "
              f"{'on' if config['prompt_template']['chat'] else 'off'}; {config['max_new_tokens']} new tokens, "
              f"temperature {config['temperature']}{_seeds(config)}, dtype {config['dtype']}, JAX batch {config['batch_size']} "
