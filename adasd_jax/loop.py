@@ -1,7 +1,8 @@
 """The jitted generation shared by every method.
 
-prefill > while rounds: [draft while_loop (entropy stop) > one target verification (lax.switch over a
-few static widths) > accept (vmap over rows) > emit > roll back both caches by resetting lengths].
+prefill > while rounds: [draft while_loop (entropy stop) > one target verification and the acceptance over
+its positions (lax.switch over a few static widths; vmap over rows) > emit > roll back both caches by
+resetting lengths].
 No host sync, no Python loop and no recompilation inside a generation.
 """
 from __future__ import annotations
