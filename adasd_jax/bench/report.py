@@ -156,11 +156,6 @@ COLUMNS = ["n", "tokens_per_s", "compile_s", "speedup_vs_ar", "speedup_vs_sd_k4"
            "identical_to_ar", "t_g", "t_v"]
 
 
-def _seeds(config: dict) -> str:
-    n = config.get("seeds", 1)
-    return f" (each problem ran {n} times with new seeds, a repeat's id ends in #s<r>)" if n > 1 else ""
-
-
 def markdown(summary: dict, config: dict) -> str:
     rows = summary["methods"]
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values())]
@@ -169,10 +164,11 @@ def markdown(summary: dict, config: dict) -> str:
     n = max((r["n"] for r in rows.values()), default=0)
     seeds = config.get("seeds", 1)
     count = f"{n // seeds} problems x {seeds} seeds" if seeds > 1 else f"{n} problems"
+    repeats = f" (each problem ran {seeds} times with new seeds, a repeat's id ends in #s<r>)" if seeds > 1 else ""
     lines = [(f"dataset **{config['dataset']}** ({count} from offset {config['offset']}), prompt template: "
              f"`{config['prompt_template']['user_message']}`, chat template "
              f"{'on' if config['prompt_template']['chat'] else 'off'}; {config['max_new_tokens']} new tokens, "
-             f"temperature {config['temperature']}{_seeds(config)}, dtype {config['dtype']}, JAX batch {config['batch_size']} "
+             f"temperature {config['temperature']}{repeats}, dtype {config['dtype']}, JAX batch {config['batch_size']} "
              f"(hf peers batch 1), device {config['device']}. Best fixed-K sd: {summary.get('best_sd') or '-'}."), "",
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m, row in rows.items():
