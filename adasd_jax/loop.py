@@ -125,7 +125,7 @@ def draft(pd, lc: LoopConfig, s: LoopState, key):
     """Propose up to cap tokens per row, token by token, stopping rows by the method's entropy rule.
 
     Returns proposals [B,K], counts n [B], declined [B] (entropy stopped the row), the draft logits
-    q_1..q_{n+1} [B,K+1,V] (slot n holds the declined position) and the advanced draft cache.
+    q_1..q_{n+1} [B,K+1,V] (slot n holds the declined position, unless it was proposed) and the advanced draft cache.
     """
     m, K, V = lc.method, lc.k, lc.vocab
     B = s.last.shape[0]
@@ -137,10 +137,11 @@ def draft(pd, lc: LoopConfig, s: LoopState, key):
 
     def body(c):
         stop = c["want"] & policies.stop_drafting(m, s.method, entropy(c["q"]))
-        propose = c["want"] & ~stop
+        # propose_declined: the stopping token's draft step is paid already, so it is proposed too (then drafting stops)
+        propose = c["want"] if m.propose_declined else c["want"] & ~stop
         x = choose(jax.random.fold_in(key, c["i"]), c["q"], lc.sampling)
         n = c["n"] + propose
-        want = propose & (n < cap)  # rows that go on drafting: every wanting row sits at slot i
+        want = propose & ~stop & (n < cap)  # rows that go on drafting: every wanting row sits at slot i
 
         def feed(cache):
             logits, cache = draft_forward(pd, lc, x[:, None], cache, want.astype(jnp.int32))
@@ -244,7 +245,7 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
     # statistics over the positions whose verdict was computed, plus the declined token if counted
     verdict = strict if m.stats_on == "strict" else ok
     counted = (pos <= a) & valid
-    if m.name == "adasd" and m.count_declined:  # static: only this policy folds the declined token in
+    if m.name == "adasd" and m.count_declined and not m.propose_declined:  # static: a declined token left unproposed
         x_dec = choose(k_dec, q_logits[n], s)
         strict_dec = strict_verdicts(s, p_logits[n], q_logits[n], x_dec, jax.random.uniform(k_du))
         verdict_dec = strict_dec if m.stats_on == "strict" else policies.accept(m, strict_dec, d[n], t_v)

@@ -28,6 +28,7 @@ class Method:
     tau: float = 0.3  # fsd: fixed JS threshold
     stats_on: str = "strict"  # adasd: classify statistics by the "strict" or the "final" verdict
     count_declined: bool = True  # adasd: verdict on the token the entropy rule declined
+    propose_declined: bool = False  # adasd/adaedl: still propose the token whose entropy stopped drafting (not the spec)
     entropy_stop: bool = True  # adasd ablation: T_G (off: draft k_max)
     js_accept: bool = True  # adasd ablation: T_V (off: strict acceptance only)
     per_row: bool = False  # adasd: one threshold state per row instead of pooled over the batch
@@ -42,6 +43,8 @@ class Method:
             raise ValueError(f"need 1 <= k <= k_max <= 64, got k={self.k}, k_max={self.k_max}")
         if self.draft_vocab < 0:
             raise ValueError(f"draft_vocab is a number of tokens (0 = the whole vocabulary), got {self.draft_vocab}")
+        if self.propose_declined and self.name not in ("adasd", "adaedl"):
+            raise ValueError(f"propose_declined applies to the entropy-stopping methods adasd and adaedl, not {self.name}")
         if self.name == "fsd" and not 0 <= self.tau <= 1:
             raise ValueError(f"fsd tau is a JS distance in [0, 1], got {self.tau}")
 

@@ -22,14 +22,14 @@ def ar_ref(tiny_pair, prompts):
     return adasd_jax.generate(tiny_pair, prompts, method="ar", max_new_tokens=MAX_NEW)
 
 
-@pytest.mark.parametrize("method", ["sd:K=1", "sd:K=3", "sd:K=8", "dynamic", "adaedl"])
+@pytest.mark.parametrize("method", ["sd:K=1", "sd:K=3", "sd:K=8", "dynamic", "adaedl", "adaedl:propose_declined=1"])
 def test_lossless_methods_equal_ar_greedy(tiny_pair, prompts, ar_ref, method):
     out = adasd_jax.generate(tiny_pair, prompts, method=method, max_new_tokens=MAX_NEW)
     assert out.tokens == ar_ref.tokens
     assert all(len(t) == MAX_NEW for t in out.tokens)  # exactly max_new_tokens, no overshoot
     m = out.metrics
     assert m["lossy"].sum() == 0 and (m["strict"] >= m["accepted"]).all()
-    if method != "adaedl":  # both paths are exercised
+    if not method.startswith("adaedl"):  # both paths are exercised
         assert 0 < m["accepted"].sum() < m["drafted"].sum()
 
 
@@ -55,6 +55,32 @@ def test_adasd_with_thresholds_off_is_sd_kmax(tiny_pair, prompts):
         assert a.tokens == b.tokens
         for k in ("rounds", "drafted", "accepted"):
             np.testing.assert_array_equal(a.metrics[k], b.metrics[k])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_propose_declined_proposes_the_stopping_token(tiny_pair, prompts, temperature):
+    """With T_G at -inf every round's first token is declined: the spec drafts nothing (the target alone), while
+    propose_declined proposes exactly that token, which is vanilla SD with K = 1 (greedy and sampled)."""
+    from adasd_jax.state import ThresholdState
+
+    stop_all = ThresholdState.init().replace(ent_sum=-np.inf, ent_n=1)  # T_G = -inf
+    kw = dict(max_new_tokens=MAX_NEW, temperature=temperature, seed=3)
+    sd1 = adasd_jax.generate(tiny_pair, prompts, method="sd:K=1", **kw)
+    ar = adasd_jax.generate(tiny_pair, prompts, method="ar", **kw)
+    got = {}
+    for flag in (0, 1):
+        method = f"adasd:js_accept=0,k_max=6,propose_declined={flag}"
+        got[flag] = adasd_jax.generate(tiny_pair, prompts, method=method, state=stop_all, **kw)
+    m0, m1 = got[0].metrics, got[1].metrics
+    assert (m0["drafted"] == 0).all() and (m0["declined"] == m0["rounds"]).all()
+    assert (m1["drafted"] == m1["rounds"]).all() and (m1["declined"] == m1["rounds"]).all()
+    assert 0 < m1["accepted"].sum() < m1["drafted"].sum()
+    if temperature == 0.0:  # sampled, the buffers' sizes (6 against 1) draw different uniforms
+        assert got[0].tokens == ar.tokens and got[1].tokens == sd1.tokens
+        for k in ("rounds", "drafted", "accepted"):
+            np.testing.assert_array_equal(m1[k], sd1.metrics[k])
+    with pytest.raises(ValueError, match="propose_declined applies to"):
+        Method.parse("sd:K=4,propose_declined=1")
 
 
 @pytest.mark.parametrize("method", ["ar", "sd:K=4", "dynamic", "adaedl", "fsd:tau=0.3", "adasd:per_row=1"])
