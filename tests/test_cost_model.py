@@ -56,3 +56,25 @@ def test_load_reads_the_shared_tools_format_and_rejects_others(tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="teacher_forced_stats"):
         cm.load(str(tmp_path / "bad.npz"))
+
+
+def test_propose_declined_verifies_the_stopping_token_without_another_draft_step():
+    first = seq([1, 1, 0], [0.1, 0.3, 0.8], [0.2, 0.4, 1.5])  # leaves T_G = 1.5, as above
+    second = seq([1, 1, 1], [0.05, 0.2, 0.1], [0.1, 2.0, 0.1])  # entropy 2.0 stops drafting at its second token
+    spec = cm.replay([first, second], "adasd", C)
+    pd = cm.replay([first, second], "adasd", C, propose_declined=True)
+    assert (spec.rounds, spec.proposals, spec.draft_steps) == (3, 5, 6)  # the declined token's step: paid, unused
+    # round 2 proposes the declined token too; both match, so one round fewer and no step without a proposal
+    assert (pd.rounds, pd.proposals, pd.draft_steps, pd.tokens) == (2, 5, 5, 6)
+
+
+def test_verification_by_rows_charges_the_engine_width():
+    c = cm.Costs(10.0, 100.0, verify_rows=((1, 1.0), (16, 1.2), (17, 2.0)))
+    assert c.verify(16, 16) == pytest.approx(200.0)  # 16 proposals: 17 rows
+    assert c.verify(15, 16) == pytest.approx(120.0) and c.verify(9, 16) == pytest.approx(120.0)  # width 15
+    assert c.verify(3, 16) == pytest.approx(100.0 * (1 + 0.2 * 3 / 15))  # 4 rows, interpolated
+    r = cm.replay([seq([1] * 17, [0.0] * 17, [0.1] * 17)], "sd", c, k=16)
+    assert (r.tokens, r.rounds) == (17, 1) and r.seconds == pytest.approx((16 * 10.0 + 200.0) / 1e3)
+    with pytest.raises(ValueError, match="verify-rows covers 1..17 rows"):
+        c.verify(20, 31)
+    assert cm.rows_table("cpu") == cm.CPU_ROWS and cm.rows_table("1:1,17:2.5") == ((1, 1.0), (17, 2.5))

@@ -12,6 +12,9 @@ thresholds, `count_declined` on or off) over it. A round costs
 
 where a round that the entropy check stopped also paid the draft step whose entropy it checked (the shared
 tools' simulate_policies.py leaves that step out, which flatters AdaSD by about one draft step per round).
+With `--verify-rows`, a verification instead costs verify_ms times the measured multiple for the rows the engine
+runs (its static width + 1, see loop.verify_widths), so the tile boundaries of a CPU's GEMM (17 rows cost 2.2x one
+row where 16 cost 1.2x) are charged.
 `adasd+cap` is a proposal, not an engine method: AdaSD with its draft length also capped at the K that
 maximises expected tokens per millisecond under a geometric acceptance model fitted online.
 
@@ -26,7 +29,11 @@ import math
 
 import numpy as np
 
+from adasd_jax.loop import verify_widths
+
 K_MAX = 16
+# One target forward of T rows against one row, real weights, 2-core CPU (docs/results/verify_widths_cpu.md)
+CPU_ROWS = ((1, 1.0), (2, 1.03), (4, 1.06), (5, 1.09), (8, 1.14), (9, 1.51), (16, 1.24), (17, 2.16))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +41,17 @@ class Costs:
     draft_ms: float  # one draft forward (one token) with its entropy and bookkeeping
     verify_ms: float  # one target forward of a single token
     verify_ms_per_token: float = 0.0  # extra per verified proposal
+    verify_rows: tuple[tuple[int, float], ...] = ()  # (rows, x one row) of a verification; replaces the line above
+
+    def verify(self, proposals: int, cap: int) -> float:
+        """ms of the verification of a round's proposals when the draft buffer holds `cap`."""
+        if not self.verify_rows:
+            return self.verify_ms + self.verify_ms_per_token * proposals
+        rows = min(w for w in verify_widths(cap) if w >= proposals) + 1
+        xs, ys = zip(*sorted(self.verify_rows))
+        if not xs[0] <= rows <= xs[-1]:
+            raise ValueError(f"--verify-rows covers {xs[0]}..{xs[-1]} rows; a round here verifies {rows}")
+        return self.verify_ms * float(np.interp(rows, xs, ys))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +96,9 @@ def thresholds(acc_d, rej_d, rej_e) -> tuple[float, float]:
 
 
 def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: bool = True,
-           sampling: bool = False, seed: int = 0) -> Replay:
-    """One policy over every problem in order, the AdaSD threshold state carried across problems (pooled sums)."""
+           sampling: bool = False, seed: int = 0, k_max: int = K_MAX, propose_declined: bool = False) -> Replay:
+    """One policy over every problem in order, the AdaSD threshold state carried across problems (pooled sums).
+    `propose_declined`: the token the entropy check stopped at is proposed too (its draft step is paid anyway)."""
     rng = np.random.default_rng(seed)
     adaptive = policy in ("adasd", "adasd+cap")
     acc_d, rej_d, rej_e = [0.0, 0], [0.0, 0], [0.0, 0]  # sums and counts: accepted / rejected JS, rejected entropy
@@ -99,7 +118,7 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
         verdicts = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
         while t < n:
             t_g, t_v = thresholds(acc_d, rej_d, rej_e)
-            cap = k if policy == "sd" else K_MAX
+            cap = buffer = k if policy == "sd" else k_max  # buffer: the static draft buffer the widths come from
             if policy == "adasd+cap":
                 cap = best_k((strict_seen[0] + 1) / (strict_seen[1] + 2), c)
             proposed, declined = 0, None
@@ -108,6 +127,9 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
                     declined = t + proposed
                     break
                 proposed += 1
+            round_steps = proposed + (declined is not None)
+            if propose_declined and declined is not None:
+                proposed, declined = proposed + 1, None  # a proposal like any other from here on
             accepted, rejected = 0, False
             for j in range(t, t + proposed):
                 strict = bool(verdicts[j])
@@ -122,8 +144,7 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
                 accepted += 1
             if adaptive and count_declined and declined is not None and not rejected:
                 record(declined, bool(verdicts[declined]), s)
-            round_steps = proposed + (declined is not None)
-            seconds += (round_steps * c.draft_ms + c.verify_ms + proposed * c.verify_ms_per_token) / 1e3
+            seconds += (round_steps * c.draft_ms + c.verify(proposed, buffer)) / 1e3
             tokens += accepted + 1
             rounds += 1
             proposals += proposed
@@ -133,7 +154,11 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
 
 
 POLICIES = [("sd:K=2", "sd", {"k": 2}), ("sd:K=4", "sd", {"k": 4}), ("sd:K=8", "sd", {"k": 8}), ("adasd", "adasd", {}),
-            ("adasd:count_declined=0", "adasd", {"count_declined": False}), ("adasd+cap (proposal)", "adasd+cap", {})]
+            ("adasd:count_declined=0", "adasd", {"count_declined": False}), ("adasd+cap (proposal)", "adasd+cap", {}),
+            ("adasd:propose_declined=1", "adasd", {"propose_declined": True}),
+            ("adasd:k_max=15", "adasd", {"k_max": 15}),
+            ("adasd:k_max=15,propose_declined=1", "adasd", {"k_max": 15, "propose_declined": True}),
+            ("adasd:k_max=7,propose_declined=1", "adasd", {"k_max": 7, "propose_declined": True})]
 
 
 def table(seqs, c: Costs, sampling: bool = False) -> dict[str, Replay]:
@@ -144,12 +169,24 @@ def best_sd(r: dict[str, Replay]) -> str:
     return max((n for n in r if n.startswith("sd:")), key=lambda n: r[n].tokens_per_s)
 
 
+def rows_table(text: str) -> tuple[tuple[int, float], ...]:
+    if text == "cpu":
+        return CPU_ROWS
+    try:
+        return tuple((int(r), float(x)) for r, x in (item.split(":") for item in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'cpu' or ROWS:X pairs like '1:1,2:1.03,17:2.16', got {text!r}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stats", help=".npz from ../shared/tools/teacher_forced_stats.py")
     ap.add_argument("--draft-ms", type=float, default=80.0)
     ap.add_argument("--verify-ms", type=float, default=157.0)
     ap.add_argument("--verify-ms-per-token", type=float, default=3.0)
+    ap.add_argument("--verify-rows", type=rows_table, default=(), help="a verification's cost by rows: 'cpu' (the "
+                    "measured 2-core CPU table, CPU_ROWS) or 'ROWS:X,..' multiples of --verify-ms; replaces "
+                    "--verify-ms-per-token")
     ap.add_argument("--sampling", action="store_true", help="draw verdicts with probability a (temperature 1)")
     ap.add_argument("--scan", help="comma-separated draft-step costs in ms: AdaSD over the best fixed K at each")
     a = ap.parse_args(argv)
@@ -157,13 +194,13 @@ def main(argv=None) -> int:
     if a.scan:
         print("draft ms  draft/target  best sd    adasd x best sd  adasd:count_declined=0  adasd+cap (proposal)")
         for ms in (float(x) for x in a.scan.split(",")):
-            r = table(seqs, Costs(ms, a.verify_ms, a.verify_ms_per_token), a.sampling)
+            r = table(seqs, Costs(ms, a.verify_ms, a.verify_ms_per_token, a.verify_rows), a.sampling)
             best = best_sd(r)
             x = {n: r[n].tokens_per_s / r[best].tokens_per_s for n in r}
             print(f"{ms:8.1f}  {ms / a.verify_ms:12.2f}  {best:9s}  {x['adasd']:15.3f}  "
                   f"{x['adasd:count_declined=0']:22.3f}  {x['adasd+cap (proposal)']:20.3f}")
         return 0
-    r = table(seqs, Costs(a.draft_ms, a.verify_ms, a.verify_ms_per_token), a.sampling)
+    r = table(seqs, Costs(a.draft_ms, a.verify_ms, a.verify_ms_per_token, a.verify_rows), a.sampling)
     best, ar = best_sd(r), 1e3 / a.verify_ms
     print(f"{len(seqs)} problems, {sum(len(s['d']) for s in seqs)} positions; ar {ar:.2f} tok/s (cost model)")
     for n, x in r.items():
