@@ -97,17 +97,31 @@ def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def linear(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation.
+# XLA:CPU's 16-bit dot runs 17-31 rows slower than 32: a target forward of 17 rows costs 1.9-2.2x a one-row
+# step, of 32 rows 1.6-1.8x. Past 32 rows padding loses (33-48 rows: 2.6x, 64: 3.2x). docs/results/row_tiles/.
+# ROW_TILE t pads products of t < m < 2t rows to 2t; None: 16 on CPU, 0 (off) elsewhere.
+ROW_TILE: int | None = None
 
-    XLA:CPU runs a one-row 16-bit product on an f32 copy of the whole weight; two rows take the
-    native kernel, so a single 16-bit row is padded to two.
-    """
+
+def padded_rows(m: int, itemsize: int) -> int:
+    """The rows a 16-bit product of m rows runs with on this backend: one row runs as two (else XLA:CPU multiplies
+    an f32 copy of the whole weight), and a partial second tile as a whole one."""
+    if itemsize >= 4:
+        return m
+    if m == 1:
+        return 2
+    tile = ROW_TILE if ROW_TILE is not None else (16 if jax.default_backend() == "cpu" else 0)
+    return 2 * tile if tile and tile < m < 2 * tile else m
+
+
+def linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation, rows padded by `padded_rows`."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     m = x2.shape[0]
-    if m == 1 and x.dtype.itemsize < 4:
-        x2 = jnp.concatenate([x2, x2], 0)
+    rows = padded_rows(m, x.dtype.itemsize)
+    if rows > m:
+        x2 = jnp.concatenate([x2, jnp.broadcast_to(x2[-1:], (rows - m, x2.shape[1]))], 0)
     y = jax.lax.dot_general(w, x2, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     if m > 1:  # keep XLA from folding the transpose into the dot as the slower `x @ W^T` form
         y = jax.lax.optimization_barrier(y)

@@ -205,7 +205,7 @@ def _dots(hlo: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA:CPU's compiled form")
-@pytest.mark.parametrize("T", [1, 4, 8])
+@pytest.mark.parametrize("T", [1, 4, 8, 17])
 def test_bf16_weights_stream_as_the_dot_lhs(hf_models, T):
     """Every projection stays `W @ x^T` in the compiled decode/verify step (weight first): XLA folds the
     output transpose into `x @ W^T` otherwise, which streams bf16 weights ~1.5x slower on XLA:CPU."""
@@ -216,6 +216,35 @@ def test_bf16_weights_stream_as_the_dot_lhs(hf_models, T):
     dots = [d for d in _dots(hlo) if d[0] in weights or d[1] in weights]
     assert len(dots) >= 7 * c.num_layers, dots  # q, k, v, o, gate, up, down per layer (+ head)
     assert all(lhs in weights for lhs, _ in dots), [d for d in dots if d[0] not in weights]
+
+
+def test_padded_rows():
+    """One 16-bit row runs as two; on CPU 17-31 rows run as 32 and no other count changes; f32 never pads."""
+    assert [models.transformer.padded_rows(m, 2) for m in (1, 2, 16)] == [2, 2, 16]
+    if jax.default_backend() == "cpu":
+        assert [models.transformer.padded_rows(m, 2) for m in (17, 31, 32, 33, 40)] == [32, 32, 32, 33, 40]
+    assert [models.transformer.padded_rows(m, 4) for m in (1, 17, 40)] == [1, 17, 40]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA:CPU's compiled form")
+def test_bf16_17_rows_run_as_32(hf_models, monkeypatch):
+    """A 17-row bf16 verification multiplies 32 rows and returns the same logits as 17 rows; with ROW_TILE=0
+    it multiplies 17."""
+    c, params, _ = models.load(hf_models["llama"], "bfloat16")
+    cache = models.init_cache(c, 1, 48, jnp.bfloat16)
+    tokens = jnp.arange(3, 20, dtype=jnp.int32)[None]
+    weights = {f"bf16[{o},{i}]" for o, i in (np.shape(w) for w in jax.tree.leaves(params) if np.ndim(w) == 2)}
+    out = {}
+    for tile in (0, 16):
+        monkeypatch.setattr(models.transformer, "ROW_TILE", tile)
+        f = jax.jit(lambda *a: models.forward(a[0], c, *a[1:]))  # a new function: ROW_TILE is read when tracing
+        rhs = [r for lhs, r in _dots(f.lower(params, tokens, cache).compile().as_text()) if lhs in weights]
+        rows = {min(map(int, re.findall(r"\d+", r.split("[")[1]))) for r in rhs}  # x's rows: its smaller dim here
+        assert len(rhs) >= 7 * c.num_layers and rows == {32 if tile else 17}, rhs
+        out[tile] = f(params, tokens, cache)
+    np.testing.assert_allclose(out[16][0], out[0][0], rtol=0, atol=0.05)
+    assert jnp.array_equal(out[16][0].argmax(-1), out[0][0].argmax(-1))
+    assert jnp.array_equal(out[16][1].k[0], out[0][1].k[0])
 
 
 def test_bf16_embedding_is_not_copied_to_f32(hf_models):
