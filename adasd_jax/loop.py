@@ -21,8 +21,9 @@ from adasd_jax.policies import Method
 from adasd_jax.state import LoopState, MethodState, Metrics, ThresholdState, Trace
 
 # Candidate verification widths (proposals per target call). The target then runs w + 1 rows, a power
-# of two: XLA:CPU's bf16 dot streams the weights once per 8- or 16-row tile, so 17 rows cost 2.3x one
-# row while 2-8 rows cost 1.0-1.4x (docs/results/verify_widths_cpu.md).
+# of two: XLA:CPU's bf16 dot streams the weights once per 8- or 16-row tile, so 9 rows cost 1.5x one row
+# and 17 rows 2.2x, while 2-8 rows cost 1.0-1.4x (docs/results/verify_widths_cpu.md). The draft cap's
+# width is K_max (17 rows at 16), which models.linear runs as 32 rows on CPU (docs/results/row_tiles/).
 WIDTHS = (0, 1, 3, 7, 15, 31, 63)
 
 

@@ -242,8 +242,7 @@ def test_bf16_17_rows_run_as_32(hf_models, monkeypatch):
         rows = {min(map(int, re.findall(r"\d+", r.split("[")[1]))) for r in rhs}  # x's rows: its smaller dim here
         assert len(rhs) >= 7 * c.num_layers and rows == {32 if tile else 17}, rhs
         out[tile] = f(params, tokens, cache)
-    np.testing.assert_allclose(out[16][0], out[0][0], rtol=0, atol=0.05)
-    assert jnp.array_equal(out[16][0].argmax(-1), out[0][0].argmax(-1))
+    assert jnp.array_equal(out[16][0], out[0][0])  # each row's product is the same whatever rows sit beside it
     assert jnp.array_equal(out[16][1].k[0], out[0][1].k[0])
 
 

@@ -1,6 +1,6 @@
 """A forward of B x T tokens with the 16-bit products' rows padded (`models.transformer.ROW_TILE` = --tile: t < rows < 2t
 run as 2t rows) against unpadded (0), timed round-robin in one process so that drift hits both alike. Random weights of the
-default pair's shapes, bfloat16, cache filled to 200 positions.
+default pair's shapes (or --weights), bfloat16, cache filled to 200 positions.
 
     python docs/results/row_tiles/row_tiles.py --model target --cases 1x1,1x16,1x17,1x24,1x32,2x9,8x5,8x17 --repeats 7
     python docs/results/row_tiles/row_tiles.py --model target --tile 32 --cases 1x1,1x32,1x33,1x40,1x48,1x64,8x5,8x8 --repeats 5
@@ -24,11 +24,15 @@ def main():
     ap.add_argument("--cases", default="1x1,1x16,1x17,1x24,1x32,8x2,8x5", help="B x T forwards")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--tile", type=int, default=16, help="the padded variant's ROW_TILE")
+    ap.add_argument("--weights", help="a model directory or file to load instead of random weights of --model's shapes")
     ap.add_argument("--json")
     args = ap.parse_args()
-    c = {"target": TARGET, "draft": DRAFT}[args.model]
     cases = [tuple(int(v) for v in s.split("x")) for s in args.cases.split(",")]
-    params = models.init_params(c, jax.random.key(1), jnp.bfloat16)
+    if args.weights:
+        c, params, _ = models.load(args.weights, "bfloat16")
+    else:
+        c = {"target": TARGET, "draft": DRAFT}[args.model]
+        params = models.init_params(c, jax.random.key(1), jnp.bfloat16)
     calls = {}
     for B, T in cases:
         cache = models.init_cache(c, B, 512, jnp.bfloat16).with_lengths(jnp.full((B,), 200, jnp.int32))
