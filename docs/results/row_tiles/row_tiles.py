@@ -49,12 +49,12 @@ def main():
             jax.block_until_ready(f(*a))
             times[k].append(time.perf_counter() - t0)
     one = np.median(times[cases[0] + (0,)])
+    mt.ROW_TILE = args.tile  # for padded_rows below
     rows = []
     print(f"{args.model}: step ms (x the first case unpadded), median of {args.repeats}")
     for B, T in cases:
         a, b = (float(np.median(times[B, T, t])) for t in (0, args.tile))
         same = bool(jnp.array_equal(calls[B, T, 0][2], calls[B, T, args.tile][2]))
-        mt.ROW_TILE = args.tile
         rows.append(dict(batch=B, T=T, rows=B * T, padded_rows=mt.padded_rows(B * T, 2),
                          unpadded_ms=a * 1e3, padded_ms=b * 1e3, same_logits=same))
         print(f"B={B} T={T:2d} rows {B * T:3d} -> {rows[-1]['padded_rows']:3d}: unpadded {a * 1e3:7.1f} ({a / one:4.2f})"
