@@ -11,11 +11,14 @@
    with the chip's datasheet HBM bandwidth.
 3. Runs the jitted loop itself on those random weights (`ar`, `sd:K=4`) to measure its overhead
    over the bare steps.
-4. Random weights make acceptance meaningless, so projected tokens/s per method combine these step
-   times with the per-problem rounds and drafted tokens measured on the CPU with the real weights
-   (`docs/results/engine_greedy_bf16.json`):
-       time = sum over problems of rounds * t_target(w + 1) + (drafted + rounds) * t_draft
-   with w the smallest static verification width >= the problem's mean proposals per round.
+4. Random weights make acceptance meaningless, so projected tokens/s per method replay, round by round, the
+   traces that `adasd bench` recorded on the CPU with the real weights (`--records`, default: session 11's greedy
+   and temperature-1 GSM8K runs) with the step times measured here. A round of n proposals costs
+       t_target(rows) + t_draft(first) + (steps - 1) * t_draft(1)
+   rows = the smallest static verification width >= n, plus one; steps = n draft forwards, plus the declined
+   token's forward when the entropy rule stopped the round and the token was left unproposed (spec AdaSD);
+   the first forward feeds two tokens after a round whose last proposal was accepted and never fed.
+   The decode phase only: the prefill and its token are left out, so `ar` projects to 1 / t_target(1).
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ import sys
 import time
 from pathlib import Path
 
+from adasd_jax.loop import verify_widths
+from adasd_jax.policies import Method
+
 ROOT = Path(__file__).resolve().parents[2]
-CPU_RESULTS = ROOT / "docs" / "results" / "engine_greedy_bf16.json"
+CPU_RECORDS = [ROOT / "docs" / "results" / d / "results.json"
+               for d in ("speed_greedy_gsm8k_10_pad_s11", "speed_t1_gsm8k_10_pad_s11")]
 DATASHEET_GB_S = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L4": 300.0, "TPU v5 lite": 819.0, "TPU v4": 1200.0}
 # tests whose verdicts are the device-independent contract: logit parity, cache parity, losslessness
 DEVICE_TESTS = ["tests/test_models.py", "tests/test_engine.py", "tests/test_divergence.py", "tests/test_thresholds.py"]
@@ -37,7 +44,7 @@ DEVICE_TEST_FILTER = ("(prefill_logits and not qwen3 and not llama3 and not mist
                       "or rollback or lossless or thresholds_off or batch_equals")
 
 
-def run_tests(platform: str, timeout: int) -> dict:
+def run_tests(platform: str, timeout: int, workers: int) -> dict:
     env = dict(
         os.environ,
         JAX_PLATFORMS=platform,
@@ -46,6 +53,8 @@ def run_tests(platform: str, timeout: int) -> dict:
         XLA_FLAGS="",
     )
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *DEVICE_TESTS, "-k", DEVICE_TEST_FILTER]
+    if workers > 1:  # compilation, not the device, bounds these small tests: spread it over the host's cores
+        cmd += ["-n", str(workers)]
     print(f"$ JAX_PLATFORMS={platform} JAX_DEFAULT_MATMUL_PRECISION=highest {' '.join(cmd[1:])}", flush=True)
     t = time.perf_counter()
     try:
@@ -123,34 +132,47 @@ def loop_times(jax, jnp, models, engine, tc, dc, new_tokens: int) -> dict[str, d
     return out
 
 
-def project(records: dict, t_target: dict[int, float], t_draft: float, widths) -> dict[str, dict]:
-    """Projected tokens/s per method from CPU-measured rounds/drafted counts and device step times."""
-    out = {}
-    for method, rs in records.items():
-        total_t, total_tok = 0.0, 0
-        for r in rs:
-            rounds = r["rounds"] + 1
-            if method == "ar":
-                total_t += rounds * t_target[1]
-            else:
-                mean = r["drafted"] / rounds
-                w = next((w for w in widths if w >= mean), widths[-1])
-                total_t += rounds * t_target[w + 1] + (r["drafted"] + rounds) * t_draft
-            total_tok += r["new_tokens"]
-        out[method] = {
-            "tokens_per_s": total_tok / total_t,
-            "tokens_per_call": total_tok / sum(r["rounds"] + 1 for r in rs),
-        }
-    ar = out.get("ar", {}).get("tokens_per_s")
+def round_seconds(method: Method, draft_len: list[int], accepted: list[int], t_target: dict[int, float],
+                  t_draft: dict[int, float]) -> float:
+    """Device time of one problem's recorded rounds (see the module docstring)."""
+    widths, total, fed_last = verify_widths(method.cap), 0.0, True
+    for n, a in zip(draft_len, accepted):
+        unproposed = method.name in ("adasd", "adaedl") and not method.propose_declined and n < method.cap
+        steps = max(n + unproposed, 1)
+        rows = min(w for w in widths if w >= n) + 1
+        total += t_target[rows] + t_draft[1 if fed_last else 2] + (steps - 1) * t_draft[1]
+        fed_last = not (n and a == n and not unproposed)  # an accepted, never-fed last proposal is fed next round
+    return total
+
+
+def project(records: dict, t_target: dict[int, float], t_draft: dict[int, float]) -> dict[str, dict]:
+    """Projected decode tokens/s per method: device step times x the rounds recorded on the CPU."""
+    out = {"ar": {"tokens_per_s": 1 / t_target[1], "tokens_per_call": 1.0}}
+    for name, rs in records.items():
+        m = Method.parse(name)
+        if m.name == "ar" or any(not r.get("trace") for r in rs):
+            continue
+        seconds = sum(round_seconds(m, r["trace"]["draft_len"], r["trace"]["accepted"], t_target, t_draft) for r in rs)
+        tokens = sum(r["new_tokens"] - 1 for r in rs)
+        out[name] = {"tokens_per_s": tokens / seconds, "tokens_per_call": tokens / sum(r["rounds"] for r in rs)}
     for v in out.values():
-        v["speedup_vs_ar"] = v["tokens_per_s"] / ar if ar else None
+        v["speedup_vs_ar"] = v["tokens_per_s"] * t_target[1]
     return out
+
+
+def verify_rows(caps=(2, 4, 8, 15, 16)) -> list[int]:
+    """Target forward rows that the projected methods' verifications run (widths + 1), and 1 for `ar`."""
+    return sorted({1} | {w + 1 for c in caps for w in verify_widths(c)})
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--test-timeout", type=int, default=240)
+    ap.add_argument("--test-workers", type=int, default=4, help="pytest-xdist processes for the tests (1: none)")
+    ap.add_argument("--steps-only", action="store_true", help="time one-row steps only: no loop, projection or tests")
+    ap.add_argument("--records", nargs="*", type=Path, default=CPU_RECORDS,
+                    help="`adasd bench` results.json files whose per-round traces the projection replays")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--position", type=int, default=256)
     ap.add_argument("--cache-len", type=int, default=512)
@@ -165,7 +187,6 @@ def main(argv=None) -> int:
     import models
     from adasd_jax import engine
     from adasd_jax.bench.roofline import DRAFT, TARGET
-    from adasd_jax.loop import verify_widths
 
     dev = jax.devices()[0]
     report = {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__}
@@ -174,9 +195,9 @@ def main(argv=None) -> int:
     sheet = datasheet(dev.device_kind)
     report.update(copy_gb_s=bw, datasheet_gb_s=sheet)
     print(f"\nbandwidth: copy {bw:.0f} GB/s (read+write); datasheet {sheet or '?'} GB/s")
-    widths = list(verify_widths(16))
-    t = step_times(jax, jnp, models, TARGET, [w + 1 for w in widths], a.position, a.cache_len, a.repeats)
-    d = step_times(jax, jnp, models, DRAFT, [1, 2], a.position, a.cache_len, a.repeats)
+    t = step_times(jax, jnp, models, TARGET, [1] if a.steps_only else verify_rows(), a.position, a.cache_len,
+                   a.repeats)
+    d = step_times(jax, jnp, models, DRAFT, [1] if a.steps_only else [1, 2], a.position, a.cache_len, a.repeats)
     print(
         f"{'model':6} {'T':>3} {'ms':>8} {'tok/s':>8} {'GB/s params':>11} {'of copy':>7} {'of sheet':>8} "
         f"{'GB/s +kv':>8}"
@@ -196,31 +217,49 @@ def main(argv=None) -> int:
             )
     report.update(target_steps=t, draft_steps=d)
 
-    loops = loop_times(jax, jnp, models, engine, TARGET, DRAFT, a.new_tokens)
-    ar_limit = 1e3 / t[1]["step_ms"]
-    for m, r in loops.items():
-        print(
-            f"loop {m:7}: {r['tokens_per_s']:8.1f} tok/s, {r['ms_per_round']:.3f} ms/round over {r['rounds']} rounds "
-            f"(compile {r['compile_s']:.1f}s)"
-        )
-    print(f"ar loop reaches {loops['ar']['tokens_per_s'] / ar_limit:.3f} of 1/step ({ar_limit:.1f} tok/s)")
-    report.update(loops=loops, ar_vs_step_limit=loops["ar"]["tokens_per_s"] / ar_limit)
-
-    if CPU_RESULTS.is_file():
-        records = json.loads(CPU_RESULTS.read_text())["records"]
-        proj = project(records, {w: r["step_ms"] / 1e3 for w, r in t.items()}, d[1]["step_ms"] / 1e3, widths)
-        print(
-            f"\nprojected on {dev.device_kind} (step times here x rounds/drafted measured on the CPU with real "
-            f"weights, {CPU_RESULTS.relative_to(ROOT)}):"
-        )
-        for m, r in proj.items():
+    if a.steps_only:
+        a.skip_tests = True
+    else:
+        loops = loop_times(jax, jnp, models, engine, TARGET, DRAFT, a.new_tokens)
+        ar_limit = 1e3 / t[1]["step_ms"]
+        # random weights reject the first proposal of every round: 4 one-token draft forwards and 5 verified rows
+        loops["sd:K=4"]["predicted_ms_per_round"] = t[5]["step_ms"] + 4 * d[1]["step_ms"]
+        for m, r in loops.items():
             print(
-                f"  {m:28} {r['tokens_per_s']:8.1f} tok/s  {r['speedup_vs_ar']:.2f}x ar  "
-                f"{r['tokens_per_call']:.2f} tokens/call"
+                f"loop {m:7}: {r['tokens_per_s']:8.1f} tok/s, {r['ms_per_round']:.3f} ms/round over {r['rounds']} "
+                f"rounds (compile {r['compile_s']:.1f}s)"
             )
-        report["projected"] = proj
+        print(f"ar loop reaches {loops['ar']['tokens_per_s'] / ar_limit:.3f} of 1/step ({ar_limit:.1f} tok/s); "
+              f"sd:K=4 round {loops['sd:K=4']['ms_per_round']:.3f} ms against "
+              f"{loops['sd:K=4']['predicted_ms_per_round']:.3f} ms from the steps")
+        report.update(loops=loops, ar_vs_step_limit=loops["ar"]["tokens_per_s"] / ar_limit)
+
+        t_s = {w: r["step_ms"] / 1e3 for w, r in t.items()}
+        d_s = {w: r["step_ms"] / 1e3 for w, r in d.items()}
+        report["projected"] = {}
+        for path in a.records:
+            if not path.is_file():
+                print(f"\nno projection from {path}: file not found")
+                continue
+            data = json.loads(path.read_text())
+            proj = project(data["records"], t_s, d_s)
+            temp = data.get("config", {}).get("temperature", 0.0)
+            print(f"\nprojected decode on {dev.device_kind}, temperature {temp} (step times here x rounds recorded on "
+                  f"the CPU with real weights, {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}):")
+            for m, r in proj.items():
+                print(
+                    f"  {m:36} {r['tokens_per_s']:8.1f} tok/s  {r['speedup_vs_ar']:.2f}x ar  "
+                    f"{r['tokens_per_call']:.2f} tokens/call"
+                )
+            report["projected"][str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)] = proj
     if not a.skip_tests:  # last: the timings above need the device alone
-        report["tests"] = run_tests("cuda" if dev.platform == "gpu" else dev.platform, a.test_timeout)
+        try:
+            import xdist  # noqa: F401
+
+            workers = a.test_workers
+        except ImportError:
+            workers = 1
+        report["tests"] = run_tests("cuda" if dev.platform == "gpu" else dev.platform, a.test_timeout, workers)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1, default=str))
     return 0 if report.get("tests", {}).get("returncode", 0) == 0 else 1

@@ -1,0 +1,46 @@
+"""The device check's projection: per-round accounting of draft forwards and verification rows."""
+from __future__ import annotations
+
+import pytest
+
+from adasd_jax.bench.device_check import project, round_seconds, verify_rows
+from adasd_jax.policies import Method
+
+# distinct powers of ten so that each sum below spells out how often each step was charged
+T = {r: 10.0 ** (r % 10) * (1 + r // 10) for r in verify_rows()}
+D = {1: 1e-3, 2: 2e-3}
+
+
+def test_verify_rows_cover_every_width():
+    assert verify_rows() == [1, 2, 3, 4, 5, 8, 9, 16, 17]
+
+
+def test_sd_round_all_accepted_feeds_two_tokens_next():
+    m = Method.parse("sd:K=4")
+    # round 1: 4 proposals, all accepted -> next round's first draft forward feeds 2 tokens; round 2: rejected at 1
+    got = round_seconds(m, [4, 4], [4, 1], T, D)
+    assert got == pytest.approx(2 * T[5] + (D[1] + 3 * D[1]) + (D[2] + 3 * D[1]))
+
+
+@pytest.mark.parametrize("spec, steps", [("adasd", 4), ("adasd:propose_declined=1", 3)])
+def test_declined_round_pays_the_stopping_step_unless_proposed(spec, steps):
+    m = Method.parse(spec)
+    # 3 proposals (spec: x_4 declined after its step; propose_declined: 3 proposals include the stopping token)
+    got = round_seconds(m, [3], [3], T, D)
+    assert got == pytest.approx(T[4] + D[1] + (steps - 1) * D[1])
+
+
+def test_cap_round_runs_the_cap_width_and_empty_round_one_step():
+    m = Method.parse("adasd")
+    got = round_seconds(m, [16, 0], [16, 0], T, D)
+    # the cap round: 17 rows, 16 forwards; the empty round (declined at once) after it: 1 forward of 2 tokens, 1 row
+    assert got == pytest.approx(T[17] + 16 * D[1] + T[1] + D[2])
+
+
+def test_project_tokens_exclude_the_prefill_token():
+    rec = {"new_tokens": 11, "rounds": 2, "trace": {"draft_len": [4, 4], "accepted": [4, 4]}}
+    p = project({"sd:K=4": [rec]}, T, D)
+    seconds = round_seconds(Method.parse("sd:K=4"), [4, 4], [4, 4], T, D)
+    assert p["sd:K=4"]["tokens_per_s"] == pytest.approx(10 / seconds)
+    assert p["ar"]["tokens_per_s"] == pytest.approx(1 / T[1]) and p["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+    assert p["sd:K=4"]["tokens_per_call"] == 5.0
