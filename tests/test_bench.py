@@ -467,3 +467,13 @@ def test_step_timing_on_a_mesh_times_no_prefill(tiny_pair):
     assert len(steps) == 3 and "prefill_s" not in recs[0]
     recs = runner.run(tiny_pair, probs, ["ar"], 4, progress=False, step_samples=[])["ar"]
     assert recs[0]["prefill_s"] > 0
+
+
+def test_cpu_description_names_model_and_bf16_extensions():
+    from adasd_jax.bench.runner import cpu_description
+
+    info = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 sse4_2\n"
+    assert cpu_description(info) == {"model": "AMD EPYC", "isa": ["avx2", "avx512f", "avx512_bf16"]}
+    assert cpu_description("processor\t: 0\nflags\t: sse2\n") == {"model": None, "isa": []}
+    live = cpu_description()
+    assert set(live) == {"model", "isa"}

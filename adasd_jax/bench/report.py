@@ -156,6 +156,11 @@ COLUMNS = ["n", "tokens_per_s", "compile_s", "speedup_vs_ar", "speedup_vs_sd_k4"
            "identical_to_ar", "t_g", "t_v"]
 
 
+def _cpu(config: dict) -> str:
+    cpu = config.get("cpu") or {}
+    return f" ({cpu['model']}; {', '.join(cpu.get('isa') or []) or 'no AVX2'})" if cpu.get("model") else ""
+
+
 def markdown(summary: dict, config: dict) -> str:
     rows = summary["methods"]
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values())]
@@ -169,7 +174,8 @@ def markdown(summary: dict, config: dict) -> str:
              f"`{config['prompt_template']['user_message']}`, chat template "
              f"{'on' if config['prompt_template']['chat'] else 'off'}; {config['max_new_tokens']} new tokens, "
              f"temperature {config['temperature']}{repeats}, dtype {config['dtype']}, JAX batch {config['batch_size']} "
-             f"(hf peers batch 1), device {config['device']}. Best fixed-K sd: {summary.get('best_sd') or '-'}."), "",
+             f"(hf peers batch 1), device {config['device']}{_cpu(config)}. "
+             f"Best fixed-K sd: {summary.get('best_sd') or '-'}."), "",
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m, row in rows.items():
         lines.append(f"| {m} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |")

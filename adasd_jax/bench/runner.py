@@ -248,7 +248,7 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
 # ---------------------------------------------------------------- merging runs
 
 # configuration keys that may differ between runs that are merged into one result set
-PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "merged_from", "replaced"}
+PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "cpu", "merged_from", "replaced"}
 
 
 def _method_fields(text: str) -> dict:
@@ -344,6 +344,24 @@ def source_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")  # what XLA:CPU's 16-bit kernels use
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict:
+    """The host CPU's model name and the vector extensions XLA's 16-bit kernels use. Same-named VMs differ: this
+    project's development VM measured XLA's bf16 matvec at 26.6 GB/s in one session and 8.5 in another
+    (docs/results/bench_cpu.md, session 12), so results record what they ran on."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"model": platform.processor() or None, "isa": None}
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name"), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
 def configuration(a, pair, hf, problems, methods, data_file, commit: str | None) -> dict:
     cfg = {"argv": sys.argv, "commit": commit, "dataset": a.dataset, "data_file": str(data_file) if data_file else None,
            "offset": a.offset, "limit": a.limit, "problems": [p.id for p in problems],
@@ -352,7 +370,8 @@ def configuration(a, pair, hf, problems, methods, data_file, commit: str | None)
            "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "seed": a.seed,
            "seeds": a.seeds,
            "batch_size": a.batch_size, "peer_limit": a.peer_limit or None, "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
-           "machine": platform.platform(), "cpu_count": os.cpu_count(), "trace": not a.no_trace,
+           "machine": platform.platform(), "cpu": cpu_description(), "cpu_count": os.cpu_count(),
+           "trace": not a.no_trace,
            "threshold_state": "carried over the whole run per method (the engine's default)",
            "models": {"draft": describe(pair.draft.source if pair.draft else None),
                       "target": describe(pair.target.source)},
