@@ -1,10 +1,15 @@
 """Accelerator check: parity/losslessness tests on the device, step times, roofline, projected tokens/s.
 
-    python -m adasd_jax.bench.device_check                 # on a CUDA (or TPU) machine, under 5 minutes
+    python -m adasd_jax.bench.device_check                 # on a CUDA (or TPU) machine
     python -m adasd_jax.bench.device_check --skip-tests --json check.json
+    XLA_FLAGS=... python -m adasd_jax.bench.device_check --steps-only   # one-row steps under other flags
 
-1. Runs the test suite's parity and losslessness tests with JAX on the accelerator (float32 with
-   `highest` matmul precision: TF32 would make float32 equality a bfloat16-like statement).
+The aim is 5 minutes. On one H200 (session 12) it ran past 400 s with 6 of its 22 tests unfinished: compiling
+the many small test programs dominates the tests.
+
+1. Last, once the device is free of the timings: runs the test suite's parity and losslessness tests with JAX on
+   the accelerator (float32 with `highest` matmul precision: TF32 would make float32 equality a bfloat16-like
+   statement), over pytest-xdist workers where it is installed.
 2. Times, on random weights of the default pair's shapes in bfloat16 (nothing to download), one
    draft decode step and one target forward at each verification width, and compares the bytes
    each reads with the memory bandwidth measured in the same run (a device-to-device copy) and
