@@ -44,3 +44,9 @@ def test_project_tokens_exclude_the_prefill_token():
     assert p["sd:K=4"]["tokens_per_s"] == pytest.approx(10 / seconds)
     assert p["ar"]["tokens_per_s"] == pytest.approx(1 / T[1]) and p["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
     assert p["sd:K=4"]["tokens_per_call"] == 5.0
+
+
+def test_project_skips_peers_and_untraced_records():
+    traced = {"new_tokens": 6, "rounds": 1, "trace": {"draft_len": [4], "accepted": [4]}}
+    p = project({"hf-assisted": [traced], "sd:K=2": [{"new_tokens": 6, "rounds": 1}], "sd:K=4": [traced]}, T, D)
+    assert set(p) == {"ar", "sd:K=4"}

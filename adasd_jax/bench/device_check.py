@@ -156,7 +156,10 @@ def project(records: dict, t_target: dict[int, float], t_draft: dict[int, float]
     """Projected decode tokens/s per method: device step times x the rounds recorded on the CPU."""
     out = {"ar": {"tokens_per_s": 1 / t_target[1], "tokens_per_call": 1.0}}
     for name, rs in records.items():
-        m = Method.parse(name)
+        try:
+            m = Method.parse(name)
+        except ValueError:  # a peer (hf-ar, hf-assisted): not this engine's rounds
+            continue
         if m.name == "ar" or any(not r.get("trace") for r in rs):
             continue
         seconds = sum(round_seconds(m, r["trace"]["draft_len"], r["trace"]["accepted"], t_target, t_draft) for r in rs)
@@ -250,6 +253,10 @@ def main(argv=None) -> int:
                 print(f"\nno projection from {path}: file not found")
                 continue
             data = json.loads(path.read_text())
+            if data.get("config", {}).get("batch_size", 1) != 1:
+                print(f"\nno projection from {path}: its rounds were run at batch {data['config']['batch_size']}, "
+                      "the step times here are batch 1")
+                continue
             proj = project(data["records"], t_s, d_s)
             temp = data.get("config", {}).get("temperature", 0.0)
             print(f"\nprojected decode on {dev.device_kind}, temperature {temp} (step times here x rounds recorded on "
