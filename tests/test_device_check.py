@@ -7,12 +7,12 @@ from adasd_jax.bench.device_check import project, round_seconds, verify_rows
 from adasd_jax.policies import Method
 
 # distinct powers of ten so that each sum below spells out how often each step was charged
-T = {r: 10.0 ** (r % 10) * (1 + r // 10) for r in verify_rows()}
+T = {r: 10.0 ** (r % 10) * (1 + r // 10) for r in verify_rows((2, 4, 8, 15, 16))}
 D = {1: 1e-3, 2: 2e-3}
 
 
 def test_verify_rows_cover_every_width():
-    assert verify_rows() == [1, 2, 3, 4, 5, 8, 9, 16, 17]
+    assert verify_rows((2, 4, 8, 15, 16)) == [1, 2, 3, 4, 5, 8, 9, 16, 17]
 
 
 def test_sd_round_all_accepted_feeds_two_tokens_next():
@@ -50,3 +50,10 @@ def test_project_skips_peers_and_untraced_records():
     traced = {"new_tokens": 6, "rounds": 1, "trace": {"draft_len": [4], "accepted": [4]}}
     p = project({"hf-assisted": [traced], "sd:K=2": [{"new_tokens": 6, "rounds": 1}], "sd:K=4": [traced]}, T, D)
     assert set(p) == {"ar", "sd:K=4"}
+
+
+def test_default_records_load_and_ask_for_every_width_they_ran():
+    from adasd_jax.bench.device_check import CPU_RECORDS, load_runs, recorded_caps
+
+    runs = load_runs(CPU_RECORDS)
+    assert len(runs) == 2 and recorded_caps(runs) == {2, 4, 8, 15, 16}

@@ -170,9 +170,38 @@ def project(records: dict, t_target: dict[int, float], t_draft: dict[int, float]
     return out
 
 
-def verify_rows(caps=(2, 4, 8, 15, 16)) -> list[int]:
-    """Target forward rows that the projected methods' verifications run (widths + 1), and 1 for `ar`."""
+def verify_rows(caps) -> list[int]:
+    """Target forward rows that verifications with these draft caps run (widths + 1), and 1 for `ar`."""
     return sorted({1} | {w + 1 for c in caps for w in verify_widths(c)})
+
+
+def load_runs(paths: list[Path]) -> dict[str, dict]:
+    """The batch-1 `adasd bench` results among `paths`, by display name; the others are reported and skipped."""
+    runs = {}
+    for path in paths:
+        name = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+        if not path.is_file():
+            print(f"no projection from {name}: file not found")
+            continue
+        data = json.loads(path.read_text())
+        if data.get("config", {}).get("batch_size", 1) != 1:
+            print(f"no projection from {name}: its rounds were run at batch {data['config']['batch_size']}, "
+                  "the step times here are batch 1")
+            continue
+        runs[name] = data
+    return runs
+
+
+def recorded_caps(runs: dict[str, dict]) -> set[int]:
+    """Draft caps of the engine methods in these runs (peers and `ar` have none)."""
+    caps = set()
+    for data in runs.values():
+        for name in data["records"]:
+            try:
+                caps.add(Method.parse(name).cap)
+            except ValueError:  # a peer
+                continue
+    return caps - {0}
 
 
 def main(argv=None) -> int:
@@ -206,8 +235,9 @@ def main(argv=None) -> int:
     sheet = datasheet(dev.device_kind)
     report.update(copy_gb_s=bw, datasheet_gb_s=sheet)
     print(f"\nbandwidth: copy {bw:.0f} GB/s (read+write); datasheet {sheet or '?'} GB/s")
-    t = step_times(jax, jnp, models, TARGET, [1] if a.steps_only else verify_rows(), a.position, a.cache_len,
-                   a.repeats)
+    runs = {} if a.steps_only else load_runs(a.records)
+    rows = [1] if a.steps_only else verify_rows(recorded_caps(runs) | {4})  # 4: the loop check's sd:K=4
+    t = step_times(jax, jnp, models, TARGET, rows, a.position, a.cache_len, a.repeats)
     d = step_times(jax, jnp, models, DRAFT, [1] if a.steps_only else [1, 2], a.position, a.cache_len, a.repeats)
     print(
         f"{'model':6} {'T':>3} {'ms':>8} {'tok/s':>8} {'GB/s params':>11} {'of copy':>7} {'of sheet':>8} "
@@ -248,25 +278,17 @@ def main(argv=None) -> int:
         t_s = {w: r["step_ms"] / 1e3 for w, r in t.items()}
         d_s = {w: r["step_ms"] / 1e3 for w, r in d.items()}
         report["projected"] = {}
-        for path in a.records:
-            if not path.is_file():
-                print(f"\nno projection from {path}: file not found")
-                continue
-            data = json.loads(path.read_text())
-            if data.get("config", {}).get("batch_size", 1) != 1:
-                print(f"\nno projection from {path}: its rounds were run at batch {data['config']['batch_size']}, "
-                      "the step times here are batch 1")
-                continue
+        for name, data in runs.items():
             proj = project(data["records"], t_s, d_s)
             temp = data.get("config", {}).get("temperature", 0.0)
             print(f"\nprojected decode on {dev.device_kind}, temperature {temp} (step times here x rounds recorded on "
-                  f"the CPU with real weights, {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}):")
+                  f"the CPU with real weights, {name}):")
             for m, r in proj.items():
                 print(
                     f"  {m:36} {r['tokens_per_s']:8.1f} tok/s  {r['speedup_vs_ar']:.2f}x ar  "
                     f"{r['tokens_per_call']:.2f} tokens/call"
                 )
-            report["projected"][str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)] = proj
+            report["projected"][name] = proj
     report["timing_s"] = time.perf_counter() - start
     print(f"\ntimings took {report['timing_s']:.0f}s", flush=True)
     if a.json:  # written now too, so that the figures survive a check stopped during the tests
