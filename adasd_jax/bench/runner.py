@@ -356,8 +356,7 @@ def cpu_description(cpuinfo: str | None = None) -> dict:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return {"model": platform.processor() or None, "isa": None}
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in cpuinfo.splitlines()) if v}
     flags = set(fields.get("flags", "").split())
     return {"model": fields.get("model name"), "isa": [f for f in ISA_FLAGS if f in flags]}
 
