@@ -5,7 +5,8 @@
     XLA_FLAGS=... python -m adasd_jax.bench.device_check --steps-only   # one-row steps under other flags
 
 The aim is 5 minutes. On one H200 (session 12) it ran past 400 s with 6 of its 22 tests unfinished: compiling
-the many small test programs dominates the tests.
+the many small test programs dominates the tests. So the tests now run without GPU GEMM autotuning, over half the
+host's cores (at most 8 xdist workers, work stealing), and print their slowest durations (not yet timed on a GPU).
 
 1. Last, once the device is free of the timings: runs the test suite's parity and losslessness tests with JAX on
    the accelerator (float32 with `highest` matmul precision: TF32 would make float32 equality a bfloat16-like
@@ -55,12 +56,14 @@ def run_tests(platform: str, timeout: int, workers: int) -> dict:
         JAX_PLATFORMS=platform,
         XLA_PYTHON_CLIENT_PREALLOCATE="false",
         JAX_DEFAULT_MATMUL_PRECISION="highest",
-        XLA_FLAGS="",
+        # no GEMM autotuning: for these tiny float32 programs it only adds compile time, which bounds the tests
+        XLA_FLAGS="--xla_gpu_autotune_level=0" if platform == "cuda" else "",
     )
-    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *DEVICE_TESTS, "-k", DEVICE_TEST_FILTER]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--durations=8", *DEVICE_TESTS, "-k", DEVICE_TEST_FILTER]
     if workers > 1:  # compilation, not the device, bounds these small tests: spread it over the host's cores
-        cmd += ["-n", str(workers)]
-    print(f"$ JAX_PLATFORMS={platform} JAX_DEFAULT_MATMUL_PRECISION=highest {' '.join(cmd[1:])}", flush=True)
+        cmd += ["-n", str(workers), "--dist", "worksteal"]  # an idle worker takes queued tests from a busy one
+    print(f"$ JAX_PLATFORMS={platform} JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS='{env['XLA_FLAGS']}' "
+          f"python {' '.join(cmd[1:])}", flush=True)
     t = time.perf_counter()
     try:
         rc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, timeout=timeout).returncode  # streams its output
@@ -68,6 +71,10 @@ def run_tests(platform: str, timeout: int, workers: int) -> dict:
         print(f"tests timed out after {timeout}s", flush=True)
         rc = 124
     return {"returncode": rc, "seconds": time.perf_counter() - t}
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def datasheet(kind: str) -> float | None:
@@ -208,7 +215,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--test-timeout", type=int, default=240)
-    ap.add_argument("--test-workers", type=int, default=4, help="pytest-xdist processes for the tests (1: none)")
+    ap.add_argument("--test-workers", type=int, default=default_workers(),
+                    help="pytest-xdist processes for the tests (1: none; default: half the host's cores, at most 8)")
     ap.add_argument("--steps-only", action="store_true", help="time one-row steps only: no loop, projection or tests")
     ap.add_argument("--records", nargs="*", type=Path, default=CPU_RECORDS,
                     help="`adasd bench` results.json files whose per-round traces the projection replays")
