@@ -46,8 +46,8 @@ CPU_RECORDS = [ROOT / "docs" / "results" / d / "results.json"
 DATASHEET_GB_S = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L4": 300.0, "TPU v5 lite": 819.0, "TPU v4": 1200.0}
 # tests whose verdicts are the device-independent contract: logit parity, cache parity, losslessness
 DEVICE_TESTS = ["tests/test_models.py", "tests/test_engine.py", "tests/test_divergence.py", "tests/test_thresholds.py"]
-DEVICE_TEST_FILTER = ("(prefill_logits and not qwen3 and not llama3 and not mistral) or steps_equals or width_equals or ragged "
-                      "or rollback or lossless or thresholds_off or batch_equals")
+DEVICE_TEST_FILTER = ("(prefill_logits and not qwen3 and not llama3 and not mistral) or steps_equals or width_equals "
+                      "or ragged or rollback or lossless or thresholds_off or batch_equals")
 
 
 def run_tests(platform: str, timeout: int, workers: int) -> dict:
@@ -58,7 +58,8 @@ def run_tests(platform: str, timeout: int, workers: int) -> dict:
         JAX_DEFAULT_MATMUL_PRECISION="highest",
         XLA_FLAGS=xla_flags_for_tests(platform),
     )
-    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--durations=8", *DEVICE_TESTS, "-k", DEVICE_TEST_FILTER]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--durations=8", *DEVICE_TESTS,
+           "-k", DEVICE_TEST_FILTER]
     if workers > 1:  # compilation, not the device, bounds these small tests: spread it over the host's cores
         cmd += ["-n", str(workers), "--dist", "worksteal"]  # an idle worker takes queued tests from a busy one
     print(f"$ JAX_PLATFORMS={platform} JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS='{env['XLA_FLAGS']}' "
@@ -81,7 +82,8 @@ def xla_flags_for_tests(platform: str) -> str:
                                env=dict(os.environ, JAX_PLATFORMS=platform, XLA_FLAGS=flags), capture_output=True,
                                check=False)
         if probe.returncode:
-            print(f"XLA_FLAGS={flags} refused by this jax ({probe.stderr.decode()[-200:].strip()}): tests run without it")
+            why = probe.stderr.decode()[-200:].strip()
+            print(f"XLA_FLAGS={flags} refused by this jax ({why}): tests run without it")
             return ""
     return flags
 

@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
+from adasd_jax.bench.roofline import median_time
 from models.transformer import linear
 
 SHAPES = {"target": [(1536, 1536), (256, 1536), (8960, 1536), (1536, 8960), (151936, 1536)],
           "draft": [(896, 896), (128, 896), (4864, 896), (896, 4864), (151936, 896)]}
-
-
-def timer(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
 
 
 def main() -> None:
@@ -42,7 +32,7 @@ def main() -> None:
     n_f32 = 300_000_000 // 4
     w32 = np.random.default_rng(0).standard_normal((n_f32 // 4096, 4096), dtype=np.float32)
     v32 = np.ones(4096, np.float32)
-    roof = w32.nbytes / timer(lambda: w32 @ v32, a.repeats) / 1e9
+    roof = w32.nbytes / median_time(lambda: w32 @ v32, a.repeats) / 1e9
     print(f"numpy f32 matvec (roofline): {roof:.1f} GB/s\n")
     print(f"{'model':6} {'W [out, in]':>16} {'mats':>4} {'XLA GB/s':>9} {'torch GB/s':>10} {'XLA/torch':>9}")
     for model, shapes in SHAPES.items():
@@ -56,8 +46,8 @@ def main() -> None:
             nbytes = n * out * inn * 2
             t_xla, t_torch = [], []
             for _ in range(a.repeats):  # interleaved: drift hits both alike
-                t_xla.append(timer(lambda: jax.block_until_ready(f(ws, x)), 1))
-                t_torch.append(timer(lambda: [torch.nn.functional.linear(tx, w) for w in tw], 1))
+                t_xla.append(median_time(lambda: f(ws, x), 1))
+                t_torch.append(median_time(lambda: [torch.nn.functional.linear(tx, w) for w in tw], 1))
             gx, gt = nbytes / np.median(t_xla) / 1e9, nbytes / np.median(t_torch) / 1e9
             print(f"{model:6} {str([out, inn]):>16} {n:4d} {gx:9.1f} {gt:10.1f} {gx / gt:9.2f}", flush=True)
 
