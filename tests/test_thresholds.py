@@ -120,6 +120,9 @@ def test_adaedl_and_dynamic_updates():
     s = policies.init_state(m, 3)
     s = policies.update(m, s, None, jnp.asarray([5, 5, 5]), jnp.asarray([5, 2, 0]), jnp.asarray([True, True, False]))
     assert list(np.asarray(s.draft_len)) == [7, 4, 5]
+    s = policies.update(m, s.replace(draft_len=jnp.asarray([7, 1, 5])), None, jnp.asarray([7, 1, 5]),
+                        jnp.asarray([7, 0, 5]), jnp.asarray([True, True, True]))
+    assert list(np.asarray(s.draft_len)) == [8, 1, 7]  # 1 <= K <= K_max
     m = Method("adaedl")
     s = policies.init_state(m, 2)
     s = policies.update(m, s, None, jnp.asarray([4, 4]), jnp.asarray([0, 4]), jnp.asarray([True, True]))
