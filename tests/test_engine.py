@@ -34,6 +34,32 @@ def test_lossless_methods_equal_ar_greedy(tiny_pair, prompts, ar_ref, method):
         assert 0 < m["accepted"].sum() < m["drafted"].sum()
 
 
+def test_target_calls_and_draft_rollback_are_exact(tiny_pair, prompts, ar_ref):
+    """`ar` makes one target call per token after the prefill's, and none once a row is done. A draft identical to
+    the target has every greedy proposal accepted, which holds only if the draft's cache is rolled back exactly
+    (a wrong draft cache still gives lossless output, so output equality cannot see it)."""
+    assert list(ar_ref.metrics["rounds"]) == [MAX_NEW - 1] * len(prompts)
+    same = dataclasses.replace(tiny_pair, draft=tiny_pair.target, states={}, compiled={})
+    out = adasd_jax.generate(same, prompts, method="sd:K=3", max_new_tokens=MAX_NEW)
+    assert out.tokens == ar_ref.tokens
+    assert (out.metrics["accepted"] == out.metrics["drafted"]).all() and out.metrics["drafted"].sum() > 0
+    # sd:K=1 proposes the draft's greedy token after the committed prefix: replay that with fresh full forwards
+    import jax.numpy as jnp
+
+    c, want = tiny_pair.draft.config, []
+    for prompt, ref in zip(prompts, ar_ref.tokens):
+        seq = prompt + ref
+        logits, _ = models.forward(tiny_pair.draft.params, c, jnp.asarray([seq]), models.init_cache(c, 1, len(seq)))
+        draft_next = np.asarray(jnp.argmax(logits[0], -1))[len(prompt) - 1:]  # [i]: after prompt + ref[:i]
+        i, accepted = 1, 0
+        while i < MAX_NEW:
+            hit = int(draft_next[i] == ref[i])
+            accepted, i = accepted + hit, i + 1 + hit
+        want.append(accepted)
+    k1 = adasd_jax.generate(tiny_pair, prompts, method="sd:K=1", max_new_tokens=MAX_NEW)
+    assert list(k1.metrics["accepted"]) == want and 0 < sum(want) < sum(k1.metrics["drafted"])
+
+
 def test_lossless_up_to_eos(prompts):
     """Stop on EOS exactly where the target stops, rows finishing independently."""
     base = make_tiny_pair()
