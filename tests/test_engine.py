@@ -35,17 +35,18 @@ def test_lossless_methods_equal_ar_greedy(tiny_pair, prompts, ar_ref, method):
 
 
 def test_target_calls_and_draft_rollback_are_exact(tiny_pair, prompts, ar_ref):
-    """`ar` makes one target call per token after the prefill's, and none once a row is done. A draft identical to
-    the target has every greedy proposal accepted, which holds only if the draft's cache is rolled back exactly
-    (a wrong draft cache still gives lossless output, so output equality cannot see it)."""
+    """`ar` makes one target call per token after the prefill's, and none once a row is done. The draft's cache is
+    rolled back exactly: a draft identical to the target has every greedy proposal accepted, and sd:K=1 accepts
+    exactly where a replay with full draft forwards does (a wrong draft cache still gives lossless output, so
+    output equality cannot see it)."""
+    import jax.numpy as jnp
+
     assert list(ar_ref.metrics["rounds"]) == [MAX_NEW - 1] * len(prompts)
     same = dataclasses.replace(tiny_pair, draft=tiny_pair.target, states={}, compiled={})
     out = adasd_jax.generate(same, prompts, method="sd:K=3", max_new_tokens=MAX_NEW)
     assert out.tokens == ar_ref.tokens
     assert (out.metrics["accepted"] == out.metrics["drafted"]).all() and out.metrics["drafted"].sum() > 0
     # sd:K=1 proposes the draft's greedy token after the committed prefix: replay that with fresh full forwards
-    import jax.numpy as jnp
-
     c, want = tiny_pair.draft.config, []
     for prompt, ref in zip(prompts, ar_ref.tokens):
         seq = prompt + ref
