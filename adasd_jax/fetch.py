@@ -107,6 +107,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered in `<cache>/hashes` under its path, size and mtime so re-runs do not rehash."""
+    st = path.stat()
+    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stamp = cache_dir() / "hashes" / (hashlib.sha256(key["path"].encode()).hexdigest()[:32] + ".json")
+    try:
+        saved = json.loads(stamp.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = _sha256(path)
+    try:  # a torn stamp does not parse, and only costs a rehash
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({**key, "sha256": digest}))
+    except OSError:
+        pass  # unwritable cache: hash again next time
+    return digest
+
+
 def verify(path: Path, artifact: Artifact, *, trust_stamp: bool = False) -> bool:
     """True if `path` has the artifact's size and sha256.
 

@@ -91,12 +91,14 @@ def _merge_generation_eos(c: Config, directory: Path) -> Config:
     return dataclasses.replace(c, eos_token_ids=tuple(dict.fromkeys(c.eos_token_ids + tuple(map(int, extra)))))
 
 
-def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=None, progress: bool = False):
+def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=None, progress: bool = False,
+         sha256=None):
     """Load a model from a GGUF file, a Hugging Face directory or hub id, or an `adasd convert` directory.
 
     Returns (config, params, tokenizer); params are jax arrays of `dtype` (None: as stored; placed with `shardings`, a
     tree matching `param_specs(config)` or a function of the config returning one, when given: each device then
     receives only its own shards); tokenizer is None when asked not to load it or when the source has none.
+    An `adasd convert` directory is checked against the sha256 of every file first (`sha256`: the hasher).
     """
     from models.load import gguf, hub, orbax_io, safetensors
 
@@ -106,7 +108,7 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     if kind == "hub":
         path, kind = hub.download(str(source)), "hf"
     if kind == "orbax":
-        c, params = orbax_io.load(path, d, shardings)
+        c, params = orbax_io.load(path, d, shardings, sha256)
     else:
         nd = _numpy_dtype(d if d is not None else jnp.dtype(jnp.float32))
         if kind == "gguf":

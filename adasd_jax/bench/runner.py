@@ -31,6 +31,7 @@ import models
 from adasd_jax import engine
 from adasd_jax.bench import datasets, execution, peers, report
 from adasd_jax.cli import add_mesh_arg
+from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
 
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
@@ -73,30 +74,6 @@ def split_methods(spec: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- model identity
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached in a stamp keyed by path, size and mtime so re-runs do not rehash."""
-    from adasd_jax.fetch import cache_dir
-
-    st = path.stat()
-    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    stamp = cache_dir() / "hashes" / (hashlib.sha256(key["path"].encode()).hexdigest()[:32] + ".json")
-    try:
-        saved = json.loads(stamp.read_text())
-        if {k: saved.get(k) for k in key} == key:
-            return saved["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    try:
-        report.write_atomic(stamp, json.dumps({**key, "sha256": h.hexdigest()}))
-    except OSError:
-        pass  # unwritable cache: hash again next time
-    return h.hexdigest()
-
 
 def model_sha256(source: str | None) -> str | None:
     """A file's sha256; a directory's is the sha256 of its 'relative/path sha256' manifest; None for hub ids."""

@@ -1,13 +1,16 @@
 """This project's converted format: config.json + Orbax parameter checkpoint + tokenizer files.
 
 Written to a temporary sibling directory and renamed into place, so a crash never leaves a
-half-written model behind; reloads in seconds instead of re-dequantizing a GGUF.
+half-written model behind; reloads in seconds instead of re-dequantizing a GGUF. The marker lists every
+file with its size and sha256, so a cache damaged later is detected (`damage`) and can be rebuilt.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -24,12 +27,41 @@ def is_orbax_dir(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
-def is_current(path: Path) -> bool:
-    """An Orbax directory of this version whose marker reads back (else: convert again)."""
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def manifest(root: Path) -> dict[str, list]:
+    """relative path -> [size, sha256] of every file under `root` but the marker."""
+    return {f.relative_to(root).as_posix(): [f.stat().st_size, _sha256(f)]
+            for f in sorted(root.rglob("*")) if f.is_file() and f.name != MARKER}
+
+
+def damage(path: Path, sha256: Callable[[Path], str] = _sha256, need_manifest: bool = True) -> str | None:
+    """None if `path` is a complete conversion of this version, else what is wrong with it: the marker, then
+    each file it lists (present, same size, same sha256). `sha256` may be a hasher that trusts a stamp of a
+    file unchanged (size, mtime) since its last check. `need_manifest=False` passes older conversions, which
+    list no files."""
     try:
-        return json.loads((path / MARKER).read_text()).get("format_version") == FORMAT_VERSION
-    except (OSError, json.JSONDecodeError):
-        return False
+        meta = json.loads((path / MARKER).read_text())
+    except FileNotFoundError:
+        return f"{MARKER} is missing"
+    except (OSError, json.JSONDecodeError) as e:
+        return f"{MARKER} is unreadable ({e})"
+    if meta.get("format_version") != FORMAT_VERSION:
+        return f"format_version is {meta.get('format_version')}, this version reads {FORMAT_VERSION}"
+    if not meta.get("files") and need_manifest:
+        return f"{MARKER} lists no files (converted before checksums were recorded)"
+    for rel, (size, digest) in meta.get("files", {}).items():
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes, {MARKER} says {size}"
+        if sha256(f) != digest:
+            return f"{rel} fails its sha256 check"
+    return None
 
 
 def save(path: Path, c: Config, params, tokenizer=None, source: str | None = None) -> Path:
@@ -46,7 +78,7 @@ def save(path: Path, c: Config, params, tokenizer=None, source: str | None = Non
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
         meta = {"format_version": FORMAT_VERSION, "config": c.to_dict(), "source": source,
-                "dtype": str(jax.tree.leaves(params)[0].dtype)}
+                "dtype": str(jax.tree.leaves(params)[0].dtype), "files": manifest(tmp)}
         (tmp / MARKER).write_text(json.dumps(meta, indent=1))
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -72,13 +104,17 @@ def load_config(path: Path) -> tuple[Config, dict]:
     return Config.from_dict(meta["config"]), meta
 
 
-def load(path: Path, dtype=None, shardings=None) -> tuple[Config, dict]:
+def load(path: Path, dtype=None, shardings=None, sha256: Callable[[Path], str] | None = None) -> tuple[Config, dict]:
     """Restore parameters; with `dtype` they are cast on restore, with `shardings` (a tree, or a function of
-    the config returning one) placed directly."""
+    the config returning one) placed directly. Every file is first checked against the marker's sha256 (Orbax
+    itself restores a flipped bit silently); `sha256` may be a stamped hasher that skips unchanged files."""
     import orbax.checkpoint as ocp
     from models.transformer import param_specs, ParamSpec
 
     c, meta = load_config(path)
+    problem = damage(path, sha256 or _sha256, need_manifest=False)
+    if problem:
+        raise CheckpointError(f"{path} is damaged: {problem}; convert the model again with `adasd convert`")
     if callable(shardings):
         shardings = shardings(c)
     saved_dtype = np.dtype(meta["dtype"]) if meta["dtype"] != "bfloat16" else jax.numpy.bfloat16
