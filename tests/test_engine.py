@@ -232,6 +232,8 @@ def test_second_length_in_bucket_compiles_nothing(tiny_pair):
     assert out.compile_s == 0.0
     adasd_jax.generate(tiny_pair, [list(range(3, 30))], method="sd:K=3", max_new_tokens=8)  # next bucket
     assert len(events) > compiled
+    # buckets are the next power of two: a prompt that fills one exactly does not pay for the next
+    assert [engine.bucket(n) for n in (1, 16, 17, 32, 33, 64)] == [16, 16, 32, 32, 64, 64]
     # the prefill timed apart (the benchmark's decode-only figure) also compiles once per bucket
     assert engine.prefill_s(tiny_pair, [[5, 6, 7, 8, 9]], "sd:K=3", 8, repeats=2) > 0
     compiled = len(events)

@@ -135,6 +135,8 @@ def test_real_smollm2_matches_transformers(smollm2_gguf, smollm2):
                                                      dtype=torch.float32).eval()
     with torch.no_grad():
         ref = ref_model(torch.as_tensor(ids)).logits.numpy()
+    # every config field the GGUF's metadata gives (eos, context, eps, ...) as transformers reads it
+    assert c == models.config.from_hf(ref_model.config.to_dict())
     ours = np.asarray(ours)
     assert (ours.argmax(-1) == ref.argmax(-1)).all()
     assert np.abs(ours - ref).max() < 1e-3
@@ -168,6 +170,25 @@ def test_damaged_conversion_is_refused_not_loaded(hf_models, tmp_path):
     del meta["files"]  # a conversion from before the manifest still loads (unchecked)
     (out / "adasd_model.json").write_text(json.dumps(meta))
     assert models.load(out)[0] == c
+
+
+def test_sharded_checkpoint_loads_and_a_missing_shard_is_named(hf_models, tmp_path):
+    """Larger Hugging Face models come as several *.safetensors files and an index naming each tensor's file."""
+    from transformers import AutoModelForCausalLM
+
+    d = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(str(hf_models["qwen2"]), dtype=torch.float32).save_pretrained(
+        str(d), max_shard_size="100KB")
+    shards = sorted(d.glob("*.safetensors"))
+    assert len(shards) > 2 and (d / "model.safetensors.index.json").is_file()
+    _, want, _ = models.load(hf_models["qwen2"])
+    _, got, _ = models.load(d)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    shards[1].unlink()
+    with pytest.raises(models.CheckpointError, match=f"shards listed in model.safetensors.index.json are missing: "
+                                                     f".*{shards[1].name}"):
+        models.load(d)
 
 
 def test_missing_and_truncated_files(hf_models, tmp_path):

@@ -69,6 +69,14 @@ def test_replicated_draft_keeps_only_the_batch_axis():
     assert sharded.spec(("vocab", "embed"), (96, 32)) == P("model", None)
 
 
+def test_a_mesh_axis_shards_one_axis_per_array():
+    """Rules may map two axes of one array to the same mesh axis (here embed too): the first takes it, the other
+    replicates, rather than an invalid PartitionSpec."""
+    lay = sharding.Layout(abstract(1, 4).mesh, rules=dict(sharding.RULES, embed="model"))
+    assert lay.spec(("q_heads", "embed"), (512, 64), {"q_heads": 8}) == P("model", None)
+    assert lay.spec(("embed", "ffn"), (64, 128)) == P("model", None)
+
+
 def test_unknown_axis_and_mesh_axis_are_named():
     with pytest.raises(KeyError, match="'experts' is not in the sharding table"):
         abstract(2, 4).spec(("experts",), (8,))

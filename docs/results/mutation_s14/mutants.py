@@ -1,7 +1,9 @@
 """Mutation check of the tests: apply each mutant in `mutants.tsv` (one small wrong change to the engine) to a clean
 clone of HEAD, and run its tests with `-x`. A mutant that passes is a behaviour no test pins down.
 
-    python docs/results/mutation_s14/mutants.py [--only NAME ...]
+    python docs/results/mutation_s14/mutants.py [--table TSV] [--only NAME ...]
+
+(session 15's table of loader, bucketing, sharding and fetch mutants: --table docs/results/mutation_s15/mutants.tsv)
 
 Prints one line per mutant: killed (and by which test) or SURVIVED, with the seconds its tests took.
 """
@@ -56,8 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*", help="mutant names (default: all)")
     ap.add_argument("--timeout", type=int, default=1500)
+    ap.add_argument("--table", type=Path, default=HERE / "mutants.tsv", help="tab-separated mutants")
     a = ap.parse_args()
-    for name, file, old, new, tests in mutants(HERE / "mutants.tsv"):
+    for name, file, old, new, tests in mutants(a.table):
         if not a.only or name in a.only:
             print(run(name, file, old, new, tests, a.timeout), flush=True)
 
