@@ -1,7 +1,7 @@
 """Mutation check of the tests: apply each mutant in `mutants.tsv` (one small wrong change to the engine) to a clean
 clone of HEAD, and run its tests with `-x`. A mutant that passes is a behaviour no test pins down.
 
-    python docs/results/mutation_s14/mutants.py [--table TSV] [--only NAME ...]
+    python docs/results/mutation_s14/mutants.py [--table TSV] [--rev COMMIT] [--only NAME ...]
 
 (session 15's table of loader, bucketing, sharding and fetch mutants: --table docs/results/mutation_s15/mutants.tsv)
 
@@ -31,10 +31,11 @@ def mutants(path: Path) -> list[tuple[str, str, str, str, str]]:
     return [tuple(r) for r in rows]
 
 
-def run(name: str, file: str, old: str, new: str, tests: str, timeout: int) -> str:
+def run(name: str, file: str, old: str, new: str, tests: str, timeout: int, rev: str = "HEAD") -> str:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "w"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+        subprocess.run(["git", "-C", str(work), "checkout", "-q", rev], check=True)
         src = work / file
         text = src.read_text()
         if text.count(old) != 1:
@@ -59,10 +60,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="mutant names (default: all)")
     ap.add_argument("--timeout", type=int, default=1500)
     ap.add_argument("--table", type=Path, default=HERE / "mutants.tsv", help="tab-separated mutants")
+    ap.add_argument("--rev", default="HEAD", help="the commit whose code and tests are mutated (an older one shows "
+                                                 "whether its tests already caught a mutant)")
     a = ap.parse_args()
     for name, file, old, new, tests in mutants(a.table):
         if not a.only or name in a.only:
-            print(run(name, file, old, new, tests, a.timeout), flush=True)
+            print(run(name, file, old, new, tests, a.timeout, a.rev), flush=True)
 
 
 if __name__ == "__main__":
