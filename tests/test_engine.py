@@ -61,6 +61,25 @@ def test_target_calls_and_draft_rollback_are_exact(tiny_pair, prompts, ar_ref):
     assert list(k1.metrics["accepted"]) == want and 0 < sum(want) < sum(k1.metrics["drafted"])
 
 
+def test_the_last_round_is_computed_as_if_generation_went_on(tiny_pair):
+    """max_new_tokens cuts the emitted tokens, not the last round: its verdicts and divergences, which feed the
+    carried thresholds, equal that round's in a longer generation. The cache drops writes past its end silently,
+    so a cache without room for the last round's proposals shows only here (outputs stay exact)."""
+    rng = np.random.default_rng(7)
+    full = [list(map(int, rng.integers(3, 96, size=16))) for _ in range(4)]  # prompts that fill their bucket
+    short, long = (adasd_jax.generate(tiny_pair, full, method="sd:K=4", max_new_tokens=m, trace=True)
+                   for m in (13, 40))
+    assert [t[:13] for t in long.tokens] == short.tokens
+    for b, rounds in enumerate(short.metrics["rounds"]):
+        r = slice(0, int(rounds))
+        n = short.trace.draft_len[r, b]
+        np.testing.assert_array_equal(n, long.trace.draft_len[r, b])
+        np.testing.assert_array_equal(short.trace.accepted[r, b], long.trace.accepted[r, b])
+        verified = np.arange(short.trace.js.shape[-1])[None, :] <= n[:, None]  # positions 0..n of each round
+        np.testing.assert_allclose(np.where(verified, short.trace.js[r, b], 0),
+                                   np.where(verified, long.trace.js[r, b], 0), atol=1e-5)
+
+
 def test_lossless_up_to_eos(prompts):
     """Stop on EOS exactly where the target stops, rows finishing independently."""
     base = make_tiny_pair()
