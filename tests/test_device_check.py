@@ -70,3 +70,37 @@ def test_gpu_test_flags_fall_back_where_the_backend_refuses_them(capsys):
     # no CUDA backend here, so the probe process fails and the tests must not inherit a flag they cannot start with
     assert xla_flags_for_tests("cuda") == ""
     assert "tests run without it" in capsys.readouterr().out
+
+
+def test_device_tests_start_each_worker_on_a_slow_test():
+    from adasd_jax.bench.device_test_order import SLOWEST, slowest_first
+
+    fast = [f"t::fast{i}" for i in range(3)]
+    slow = [f"t::test_{s}]" for s in reversed(SLOWEST[:5])]  # collected fastest of the slow first
+    got = slowest_first(fast[:1] + slow + fast[1:])
+    # xdist hands out consecutive pairs: each pair leads with one of the slowest, slowest first, none lost
+    assert got[0:6:2] == [f"t::test_{s}]" for s in SLOWEST[:3]] and got[1:6:2] == fast
+    assert got[6:] == [f"t::test_{s}]" for s in SLOWEST[3:5]] and sorted(got) == sorted(fast + slow)
+
+
+def test_saved_step_times_replay_over_other_records_and_name_missing_rows(tmp_path):
+    import json
+
+    from adasd_jax.bench.device_check import main, project
+
+    rec = {"new_tokens": 9, "rounds": 2, "trace": {"draft_len": [4, 3], "accepted": [4, 2]}}
+    records = tmp_path / "results.json"
+    records.write_text(json.dumps({"config": {"temperature": 0.0}, "records": {"sd:K=4": [rec]}}))
+    steps = {"device": "X", "target_steps": {str(r): {"step_ms": T[r] * 1e3} for r in (1, 2, 4, 5)},
+             "draft_steps": {str(r): {"step_ms": D[r] * 1e3} for r in D}}
+    saved = tmp_path / "check.json"
+    saved.write_text(json.dumps(steps))
+    out = tmp_path / "projected.json"
+    assert main(["--steps-from", str(saved), "--records", str(records), "--json", str(out)]) == 0
+    got = json.loads(out.read_text())["projected"][str(records)]
+    want = project({"sd:K=4": [rec]}, {r: T[r] for r in (1, 2, 4, 5)}, D)
+    assert got["sd:K=4"]["tokens_per_s"] == pytest.approx(want["sd:K=4"]["tokens_per_s"])
+    del steps["target_steps"]["4"]  # the 3-proposal round verified 4 rows
+    saved.write_text(json.dumps(steps))
+    with pytest.raises(SystemExit, match=r"no target step time for \[4\] rows"):
+        main(["--steps-from", str(saved), "--records", str(records)])

@@ -3,10 +3,12 @@
     python -m adasd_jax.bench.device_check                 # on a CUDA (or TPU) machine
     python -m adasd_jax.bench.device_check --skip-tests --json check.json
     XLA_FLAGS=... python -m adasd_jax.bench.device_check --steps-only   # one-row steps under other flags
+    python -m adasd_jax.bench.device_check --steps-from check.json --records R.json  # replay saved step times
 
 The aim is 5 minutes. On one H200 (session 12) it ran past 400 s with 6 of its 22 tests unfinished: compiling
-the many small test programs dominates the tests. So the tests now run without GPU GEMM autotuning, over half the
-host's cores (at most 8 xdist workers, work stealing), and print their slowest durations (not yet timed on a GPU).
+the many small test programs dominates the tests. So the tests run without GPU GEMM autotuning, over half the
+host's cores (at most 8 xdist workers). Session 16 timed it at 296 s (timings 153 s, 23 tests 139 s), with its
+two 70 s tests started last; each worker now starts with one of the slowest tests (`device_test_order`).
 
 1. Last, once the device is free of the timings: runs the test suite's parity and losslessness tests with JAX on
    the accelerator (float32 with `highest` matmul precision: TF32 would make float32 equality a bfloat16-like
@@ -61,7 +63,9 @@ def run_tests(platform: str, timeout: int, workers: int) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--durations=8", *DEVICE_TESTS,
            "-k", DEVICE_TEST_FILTER]
     if workers > 1:  # compilation, not the device, bounds these small tests: spread it over the host's cores
-        cmd += ["-n", str(workers), "--dist", "worksteal"]  # an idle worker takes queued tests from a busy one
+        # xdist's load scheduling hands each worker two consecutive tests, then one at a time: the order below
+        # makes the first of each pair one of the slowest
+        cmd += ["-n", str(workers), "--dist", "load", "-p", "adasd_jax.bench.device_test_order"]
     print(f"$ JAX_PLATFORMS={platform} JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS='{env['XLA_FLAGS']}' "
           f"python {' '.join(cmd[1:])}", flush=True)
     t = time.perf_counter()
@@ -226,6 +230,35 @@ def recorded_caps(runs: dict[str, dict]) -> set[int]:
     return caps - {0}
 
 
+def print_projections(runs: dict[str, dict], t: dict, d: dict, where: str, steps_from: str) -> dict[str, dict]:
+    """Project and print every run's methods from step times `t` (target, by rows) and `d` (draft) in ms."""
+    t_s = {int(w): r["step_ms"] / 1e3 for w, r in t.items()}
+    d_s = {int(w): r["step_ms"] / 1e3 for w, r in d.items()}
+    out = {}
+    for name, data in runs.items():
+        proj = project(data["records"], t_s, d_s)
+        temp = data.get("config", {}).get("temperature", 0.0)
+        print(f"\nprojected decode {where}, temperature {temp} (step times {steps_from} x rounds recorded on "
+              f"the CPU with real weights, {name}):")
+        for m, r in proj.items():
+            print(f"  {m:36} {r['tokens_per_s']:8.1f} tok/s  {r['speedup_vs_ar']:.2f}x ar  "
+                  f"{r['tokens_per_call']:.2f} tokens/call")
+        out[name] = proj
+    return out
+
+
+def project_saved(steps_json: Path, records: list[Path]) -> dict[str, dict]:
+    """Replay the step times of an earlier check's JSON over `records`, with no device."""
+    saved = json.loads(steps_json.read_text())
+    runs = load_runs(records)
+    missing = sorted(set(verify_rows(recorded_caps(runs))) - {int(w) for w in saved["target_steps"]})
+    if missing:
+        raise SystemExit(f"{steps_json} has no target step time for {missing} rows, which these records' methods "
+                         "verify: run the check on the device with these --records")
+    return print_projections(runs, saved["target_steps"], saved["draft_steps"], f"on {saved['device']}",
+                             f"from {steps_json}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-tests", action="store_true")
@@ -235,12 +268,18 @@ def main(argv=None) -> int:
     ap.add_argument("--steps-only", action="store_true", help="time one-row steps only: no loop, projection or tests")
     ap.add_argument("--records", nargs="*", type=Path, default=CPU_RECORDS,
                     help="`adasd bench` results.json files whose per-round traces the projection replays")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--position", type=int, default=256)
     ap.add_argument("--cache-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--json", help="write all figures here")
+    ap.add_argument("--steps-from", type=Path, help="no device: project --records from this earlier check's JSON")
     a = ap.parse_args(argv)
+    if a.steps_from:
+        projected = project_saved(a.steps_from, a.records)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"steps_from": str(a.steps_from), "projected": projected}, indent=1))
+        return 0
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the test subprocess needs the device too
 
     import jax
@@ -298,20 +337,7 @@ def main(argv=None) -> int:
               f"{loops['sd:K=4']['predicted_ms_per_round']:.3f} ms from the steps")
         report.update(loops=loops, ar_vs_step_limit=loops["ar"]["tokens_per_s"] / ar_limit)
 
-        t_s = {w: r["step_ms"] / 1e3 for w, r in t.items()}
-        d_s = {w: r["step_ms"] / 1e3 for w, r in d.items()}
-        report["projected"] = {}
-        for name, data in runs.items():
-            proj = project(data["records"], t_s, d_s)
-            temp = data.get("config", {}).get("temperature", 0.0)
-            print(f"\nprojected decode on {dev.device_kind}, temperature {temp} (step times here x rounds recorded on "
-                  f"the CPU with real weights, {name}):")
-            for m, r in proj.items():
-                print(
-                    f"  {m:36} {r['tokens_per_s']:8.1f} tok/s  {r['speedup_vs_ar']:.2f}x ar  "
-                    f"{r['tokens_per_call']:.2f} tokens/call"
-                )
-            report["projected"][name] = proj
+        report["projected"] = print_projections(runs, t, d, f"on {dev.device_kind}", "here")
     report["timing_s"] = time.perf_counter() - start
     print(f"\ntimings took {report['timing_s']:.0f}s", flush=True)
     if a.json:  # written now too, so that the figures survive a check stopped during the tests
