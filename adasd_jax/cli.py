@@ -24,6 +24,19 @@ def add_mesh_arg(p):
                    help="shard over a device mesh (batch on data, heads/FFN/vocabulary on model); a bare --mesh "
                         "uses every device with model parallelism; default: one device")
     p.add_argument("--shard-draft", action="store_true", help="shard the draft like the target (default: replicated)")
+    p.add_argument("--rule", action="append", metavar="LOGICAL=MESH[+MESH]",
+                   help="remap one logical axis of the sharding table (repeatable), e.g. ffn=model+data to shard the "
+                        "MLP over both mesh axes, or vocab=none to replicate; 2d: the MLP, vocabulary and query heads "
+                        "on both axes (weights stay put, rows move: cheaper when decoding on data > 1)")
+
+
+def mesh_kwargs(a) -> dict:
+    """`load_pair`'s placement arguments from add_mesh_arg's flags."""
+    from adasd_jax import sharding
+
+    if a.rule and a.mesh is None:
+        raise ValueError("--rule changes how a mesh is sharded: add --mesh (for example --mesh data=2,model=4)")
+    return dict(mesh=a.mesh, replicate_draft=not a.shard_draft, rules=sharding.parse_rules(a.rule))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,8 +86,7 @@ def cmd_generate(a) -> int:
     prompts = a.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
-    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, mesh=a.mesh,
-                            replicate_draft=not a.shard_draft)
+    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, **mesh_kwargs(a))
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
               top_p=a.top_p, chat=a.chat, seed=a.seed)
     if a.stream and not a.json:

@@ -39,6 +39,10 @@ RULES: dict[str, str | None] = {
     "draft_slot": None,  # fixed-size per-row buffers (proposals, pending, output)
 }
 MESH_AXES = ("data", "model")
+# `--rule 2d`: the MLP, vocabulary and query heads split over both mesh axes. Each device then holds and streams
+# 1/(data*model) of those weights instead of 1/model, and the rows' activations move between the data replicas
+# instead: the cheaper trade for decoding (memory-bound) a few rows per replica.
+RULES_2D = {"ffn": ("model", "data"), "vocab": ("model", "data"), "q_heads": ("model", "data")}
 
 
 def parse_mesh(spec: str | None, n_devices: int) -> tuple[int, int]:
@@ -62,6 +66,25 @@ def parse_mesh(spec: str | None, n_devices: int) -> tuple[int, int]:
     return sizes["data"], sizes["model"]
 
 
+def parse_rules(items: list[str] | None) -> dict[str, str | tuple[str, ...] | None] | None:
+    """['ffn=model+data', 'vocab=none'] -> RULES with those logical axes remapped (a+b: sharded on both mesh axes,
+    a's shards split again on b; none: replicated; the item '2d': RULES_2D); no items: None, the default table."""
+    if not items:
+        return None
+    rules = dict(RULES)
+    for item in items:
+        if item == "2d":
+            rules.update(RULES_2D)
+            continue
+        name, eq, val = item.partition("=")
+        axes = tuple(a for a in val.split("+") if a)
+        if not eq or name not in RULES or not axes or (val != "none" and set(axes) - set(MESH_AXES)):
+            raise ValueError(f"bad sharding rule {item!r}: write 2d, LOGICAL=MESH[+MESH] or LOGICAL=none, with LOGICAL "
+                             f"one of {sorted(RULES)} and MESH one of {list(MESH_AXES)}")
+        rules[name] = None if val == "none" else axes[0] if len(axes) == 1 else axes
+    return rules
+
+
 def make_mesh(spec: str | None = None, devices=None) -> Mesh:
     """A ("data", "model") mesh over `devices` (default: all devices of every process)."""
     devices = list(jax.devices() if devices is None else devices)
@@ -70,8 +93,13 @@ def make_mesh(spec: str | None = None, devices=None) -> Mesh:
     return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices[:data * model])
 
 
-def _rules(rules) -> tuple[tuple[str, str | None], ...]:
-    return tuple(sorted(dict(RULES if rules is None else rules).items()))
+def _rules(rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+    return tuple(sorted((k, v if v is None or isinstance(v, str) else tuple(v))
+                        for k, v in dict(RULES if rules is None else rules).items()))
+
+
+def _as_tuple(mesh_axis: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return () if mesh_axis is None else (mesh_axis,) if isinstance(mesh_axis, str) else tuple(mesh_axis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +107,12 @@ class Layout:
     """A mesh and the table: static and hashable, so the jitted loop closes over it."""
 
     mesh: Mesh
-    rules: tuple[tuple[str, str | None], ...] = _rules(None)
+    rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = _rules(None)
     replicate_draft: bool = True  # the common case: a small draft whole on every device, the target sharded
 
     def __post_init__(self):
         object.__setattr__(self, "rules", _rules(self.rules))
-        unknown = {a for _, a in self.rules if a is not None} - set(self.mesh.axis_names)
+        unknown = {a for _, v in self.rules for a in _as_tuple(v)} - set(self.mesh.axis_names)
         if unknown:
             raise ValueError(f"sharding rules name mesh axes {sorted(unknown)} that the mesh "
                              f"{dict(self.mesh.shape)} does not have")
@@ -104,15 +132,17 @@ class Layout:
         for name, dim in zip(axes, shape, strict=True):
             if name is not None and name not in table:
                 raise KeyError(f"logical axis {name!r} is not in the sharding table; add it to RULES")
-            mesh_axis = table.get(name) if name is not None else None
-            n = self.mesh.shape[mesh_axis] if mesh_axis is not None else 1
-            # replicated instead: no mesh axis, a count that does not divide, or a mesh axis this array already uses
-            if n == 1 or counts.get(name, dim) % n or dim % n or mesh_axis in used:
-                out.append(None)
-            else:
-                out.append(mesh_axis)
-                used.add(mesh_axis)
+            mesh_axes = tuple(a for a in _as_tuple(table.get(name) if name else None) if self.mesh.shape[a] > 1)
+            # the longest leading run of the rule's mesh axes that divides and is free in this array; none: replicated
+            while mesh_axes and (self._fails(mesh_axes, counts.get(name, dim), dim) or used & set(mesh_axes)):
+                mesh_axes = mesh_axes[:-1]
+            out.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+            used.update(mesh_axes)
         return P(*out)
+
+    def _fails(self, mesh_axes: tuple[str, ...], count: int, dim: int) -> bool:
+        n = int(np.prod([self.mesh.shape[a] for a in mesh_axes]))
+        return bool(count % n or dim % n)
 
     def sharding(self, axes, shape, counts=None) -> NamedSharding:
         return NamedSharding(self.mesh, self.spec(axes, shape, counts))

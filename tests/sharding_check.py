@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 import models
-from adasd_jax import engine, loop
+from adasd_jax import engine, loop, sharding
 from adasd_jax.engine import Model, Pair
 
 MESHES = ("data=8,model=1", "data=1,model=8", "data=2,model=4", "data=4,model=2")
@@ -32,8 +32,10 @@ MESHES = ("data=8,model=1", "data=1,model=8", "data=2,model=4", "data=4,model=2"
 METHODS = ("ar", "sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2", "fsd:K=2", "adasd:K=2,k_max=2")
 # mesh -> (methods, draft replicated). CI: every method on the mixed mesh, one more on each other mesh, the draft
 # sharded like the target on data=4,model=2; --full: every method on every mesh (and the draft option on 2x4).
+# "MESH 2d": the table with the MLP, vocabulary and query heads on both mesh axes (weights stay put, rows move)
 CI_PLAN = {"data=2,model=4": (METHODS, True), "data=8,model=1": (("sd:K=2",), True),
-           "data=1,model=8": (("fsd:K=2",), True), "data=4,model=2": (("adasd:K=2,k_max=2",), False)}
+           "data=1,model=8": (("fsd:K=2",), True), "data=4,model=2": (("adasd:K=2,k_max=2",), False),
+           "data=2,model=4 2d": (("ar", "adasd:K=2,k_max=2"), False)}
 FULL_PLAN = {mesh: (METHODS, True) for mesh in MESHES}
 LOSSLESS = ("sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2")  # equal to ar on one device (test_engine)
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10], [20, 21]]  # batch 4: data=8 replicates it
@@ -113,7 +115,8 @@ def main():
     result = {"single": run_methods(base, [m for m in METHODS if m not in LOSSLESS]), "meshes": {}, "loaded": {}}
     result["single"] |= {m: result["single"]["ar"] for m in LOSSLESS}
     for mesh, (methods, replicate_draft) in plan.items():
-        pair = engine.shard(base, mesh, replicate_draft=replicate_draft)
+        rules = sharding.parse_rules(["2d"] if mesh.endswith(" 2d") else None)
+        pair = engine.shard(base, mesh.split()[0], replicate_draft=replicate_draft, rules=rules)
         result["meshes"][mesh] = {
             "replicate_draft": replicate_draft,
             "tokens": run_methods(pair, methods),

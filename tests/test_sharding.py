@@ -77,6 +77,28 @@ def test_a_mesh_axis_shards_one_axis_per_array():
     assert lay.spec(("embed", "ffn"), (64, 128)) == P("model", None)
 
 
+def test_a_rule_may_name_two_mesh_axes_and_falls_back_to_its_leading_ones():
+    """ffn=model+data shards the MLP 8 ways on a 2x4 mesh; 12 query heads do not divide by 8 and keep model=4;
+    where the array's batch already holds `data`, the rule keeps `model` alone."""
+    rules = sharding.parse_rules(["2d", "kv_heads=model+data"])
+    assert rules == sharding.parse_rules(["ffn=model+data", "q_heads=model+data", "vocab=model+data",
+                                          "kv_heads=model+data"])
+    assert rules["ffn"] == ("model", "data") and rules["batch"] == "data" and rules["embed"] is None
+    lay = sharding.Layout(abstract(2, 4).mesh, rules=rules)
+    assert lay.spec(("ffn", "embed"), (8960, 1536)) == P(("model", "data"), None)
+    assert lay.spec(("q_heads", "embed"), (1536, 1536), {"q_heads": 12}) == P("model", None)
+    assert lay.spec(models.cache_axes().k[0], (4, 64, 8, 128)) == P("data", None, "model", None)
+    assert lay.spec(("kv_heads", "embed"), (1024, 1536), {"kv_heads": 8}) == P(("model", "data"), None)
+    # a mesh axis of size 1 is left out of the spec
+    assert sharding.Layout(abstract(1, 4).mesh, rules=rules).spec(("ffn", "embed"), (8960, 64)) == P("model", None)
+
+
+@pytest.mark.parametrize("item", ["ffn=model+pipe", "experts=model", "ffn", "ffn="])
+def test_bad_sharding_rules_are_named(item):
+    with pytest.raises(ValueError, match="bad sharding rule"):
+        sharding.parse_rules([item])
+
+
 def test_unknown_axis_and_mesh_axis_are_named():
     with pytest.raises(KeyError, match="'experts' is not in the sharding table"):
         abstract(2, 4).spec(("experts",), (8,))
@@ -102,6 +124,13 @@ def test_parse_mesh_errors(spec, match):
 def test_cli_rejects_a_mesh_larger_than_the_machine(capsys):
     assert cli.main(["generate", "--target", "x", "--mesh", "data=64,model=64", "hi"]) == 2
     assert "needs 4096 devices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, match", [(["--rule", "ffn=model+data"], "add --mesh"),
+                                         (["--mesh", "data=1,model=1", "--rule", "ffn=tp"], "bad sharding rule")])
+def test_cli_names_a_bad_sharding_rule(capsys, args, match):
+    assert cli.main(["generate", "--target", "x", *args, "hi"]) == 2
+    assert match in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- on 8 forced host devices
@@ -152,6 +181,19 @@ def test_parameter_and_cache_shardings_follow_the_table(check, mesh):
     assert st["['out']"] == [rows, None]
     assert st["['thresholds'].acc_sum"] == st["['thresholds'].ent_n"] == [rows]  # per_row thresholds
     assert st["['key_data']"] == [None]
+
+
+def test_weights_on_both_mesh_axes_give_the_same_tokens(check):
+    """ffn, vocab and q_heads on model+data: the MLP and vocabulary split 8 ways, the 4 query heads keep model=4,
+    and the caches keep their rows on data."""
+    d, both = check["meshes"]["data=2,model=4 2d"], ["model", "data"]
+    for method, tokens in d["tokens"].items():
+        assert tokens == check["single"][method], method
+    want = expected_target(2, 4) | {"['w_gate']": [both, None], "['w_up']": [both, None], "['w_down']": [None, both],
+                                    "['embed']": [both, None], "['lm_head']": [both, None]}
+    assert d["target"] == want
+    assert d["draft"] == {k: v for k, v in want.items() if k not in ("['embed']", "['lm_head']")}
+    assert d["state"]["['target_cache'].k[0]"] == d["state"]["['draft_cache'].k[0]"] == ["data", None, None, None]
 
 
 def test_no_collective_in_the_decode_loop_moves_a_kv_cache(check):

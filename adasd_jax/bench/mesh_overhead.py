@@ -21,7 +21,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 
 import models  # noqa: E402
-from adasd_jax import engine  # noqa: E402
+from adasd_jax import engine, sharding  # noqa: E402
 
 PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
           "How many clips did Natalia sell altogether in April and May?")
@@ -52,6 +52,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1, help="copies of the prompt per call")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shard-draft", action="store_true", help="shard the draft like the target (default: replicated)")
+    ap.add_argument("--rule", action="append", help="remap a logical axis, e.g. ffn=model+data (repeatable)")
     ap.add_argument("--collectives", action="store_true",
                     help="also list the collectives inside the mesh program's loops (per computation)")
     ap.add_argument("--json")
@@ -60,7 +61,8 @@ def main(argv=None):
     dc, dp = models.first_layers(c, params, a.draft_layers)
     one = engine.Pair(target=engine.Model(c, params, a.target), draft=engine.Model(dc, dp, f"layers:{a.draft_layers}"),
                       tokenizer=tok, vocab=c.vocab_size)
-    pairs = {"one device": one, f"mesh {a.mesh}": engine.shard(one, a.mesh, replicate_draft=not a.shard_draft)}
+    pairs = {"one device": one, f"mesh {a.mesh}": engine.shard(one, a.mesh, replicate_draft=not a.shard_draft,
+                                                            rules=sharding.parse_rules(a.rule))}
     prompts = [PROMPT] * a.batch
     rows, tokens = {}, {}
     for method in a.methods.split(","):
@@ -74,7 +76,7 @@ def main(argv=None):
                 rows[(method, name)]["tok_s"].append(out.tokens_per_s)
     print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), target {a.target}, draft first "
           f"{a.draft_layers} layers ({'sharded' if a.shard_draft else 'replicated'} on the mesh), {a.dtype}, "
-          f"batch {a.batch}, {a.max_new_tokens} new tokens, greedy")
+          f"batch {a.batch}, {a.max_new_tokens} new tokens, greedy, rules {a.rule or 'default'}")
     print("| method | placement | tokens/s (median) | runs | compile s | same tokens as one device |")
     print("|---|---|---|---|---|---|")
     result = []

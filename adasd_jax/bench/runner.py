@@ -30,7 +30,7 @@ import numpy as np
 import models
 from adasd_jax import engine
 from adasd_jax.bench import datasets, execution, peers, report
-from adasd_jax.cli import add_mesh_arg
+from adasd_jax.cli import add_mesh_arg, mesh_kwargs
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
 
@@ -352,6 +352,9 @@ def configuration(a, pair, hf, problems, methods, data_file, commit: str | None)
            "models": {"draft": describe(pair.draft.source if pair.draft else None),
                       "target": describe(pair.target.source)},
            "humaneval_timeout_s": a.exec_timeout}
+    if pair.layout is not None:
+        cfg["mesh"] = {"shape": dict(pair.layout.mesh.shape), "rules": dict(pair.layout.rules),
+                       "draft": "replicated" if pair.layout.replicate_draft else "sharded"}
     if hf is not None:
         import torch
         import transformers
@@ -467,8 +470,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         print(note, file=sys.stderr)
     if pair is None:
         t = time.perf_counter()
-        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, mesh=a.mesh,
-                                replicate_draft=not a.shard_draft)
+        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, **mesh_kwargs(a))
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     pair = dataclasses.replace(pair, max_buckets=keep if a.max_buckets is None else a.max_buckets)
     if hf is None and any(m in peers.PEERS for m in methods):
