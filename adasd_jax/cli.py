@@ -36,7 +36,7 @@ def mesh_kwargs(a) -> dict:
 
     if a.rule and a.mesh is None:
         raise ValueError("--rule changes how a mesh is sharded: add --mesh (for example --mesh data=2,model=4)")
-    return dict(mesh=a.mesh, replicate_draft=not a.shard_draft, rules=sharding.parse_rules(a.rule))
+    return {"mesh": a.mesh, "replicate_draft": not a.shard_draft, "rules": sharding.parse_rules(a.rule)}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,13 +5,14 @@
     pair = engine.load_pair(draft, target, mesh=mesh)
 
 `RULES` maps each logical axis name (those of `models.param_specs`, `models.cache_axes` and the
-loop state below) to a mesh axis. Parameters, KV caches, the loop state and the threshold state all
-take their shardings from it; changing the parallelism is editing the table. XLA's SPMD partitioner
-does the rest: no hand-written collectives.
+loop state below) to a mesh axis, or to several (`RULES_2D`). Parameters, KV caches, the loop state and
+the threshold state all take their shardings from it; changing the parallelism is editing the table
+(`parse_rules`, `--rule` on the CLI). XLA's SPMD partitioner does the rest: no hand-written collectives.
 
 An axis whose size does not divide by its mesh axis is replicated instead: the divisibility is
 checked on the logical count (heads, not heads * head_dim), so the default pair's 2 KV heads leave
-the K/V projections and the caches replicated on model=4 while the 12 query heads shard.
+the K/V projections and the caches replicated on model=4 while the 12 query heads shard. A rule of
+several mesh axes keeps the longest leading run of them that divides (12 heads on model+data = 8: model).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 import models
 
 # logical axis -> mesh axis (None: replicated). A size that does not divide is replicated (see above).
-RULES: dict[str, str | None] = {
+RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": "data",  # prompts: data parallel
     "q_heads": "model",  # tensor parallel: attention heads ...
     "kv_heads": "model",  # ... KV heads (replicated when fewer than the model axis, e.g. 2 on model=4)
@@ -78,7 +79,8 @@ def parse_rules(items: list[str] | None) -> dict[str, str | tuple[str, ...] | No
             continue
         name, eq, val = item.partition("=")
         axes = tuple(a for a in val.split("+") if a)
-        if not eq or name not in RULES or not axes or (val != "none" and set(axes) - set(MESH_AXES)):
+        if not eq or name not in RULES or not axes or len(set(axes)) < len(axes) or (
+                val != "none" and set(axes) - set(MESH_AXES)):
             raise ValueError(f"bad sharding rule {item!r}: write 2d, LOGICAL=MESH[+MESH] or LOGICAL=none, with LOGICAL "
                              f"one of {sorted(RULES)} and MESH one of {list(MESH_AXES)}")
         rules[name] = None if val == "none" else axes[0] if len(axes) == 1 else axes

@@ -93,7 +93,7 @@ def test_a_rule_may_name_two_mesh_axes_and_falls_back_to_its_leading_ones():
     assert sharding.Layout(abstract(1, 4).mesh, rules=rules).spec(("ffn", "embed"), (8960, 64)) == P("model", None)
 
 
-@pytest.mark.parametrize("item", ["ffn=model+pipe", "experts=model", "ffn", "ffn="])
+@pytest.mark.parametrize("item", ["ffn=model+pipe", "experts=model", "ffn", "ffn=", "ffn=model+model"])
 def test_bad_sharding_rules_are_named(item):
     with pytest.raises(ValueError, match="bad sharding rule"):
         sharding.parse_rules([item])

@@ -52,7 +52,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1, help="copies of the prompt per call")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shard-draft", action="store_true", help="shard the draft like the target (default: replicated)")
-    ap.add_argument("--rule", action="append", help="remap a logical axis, e.g. ffn=model+data (repeatable)")
+    ap.add_argument("--rule", action="append", help="remap a logical axis, e.g. ffn=model+data, or 2d (repeatable; see adasd_jax.sharding)")
     ap.add_argument("--collectives", action="store_true",
                     help="also list the collectives inside the mesh program's loops (per computation)")
     ap.add_argument("--json")
