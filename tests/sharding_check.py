@@ -92,10 +92,10 @@ def run_methods(pair: Pair, methods) -> dict:
     return {m: engine.generate(pair, PROMPTS, method=m, max_new_tokens=MAX_NEW).tokens for m in methods}
 
 
-def loaded(draft, target, mesh: str) -> dict:
+def loaded(draft, target, mesh: str, rules=None) -> dict:
     """load_pair with a mesh: shardings and values against the same files loaded on one device."""
     one = engine.load_pair(draft=str(draft), target=str(target))
-    sharded = engine.load_pair(draft=str(draft), target=str(target), mesh=mesh)
+    sharded = engine.load_pair(draft=str(draft), target=str(target), mesh=mesh, rules=sharding.parse_rules(rules))
     same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                zip(jax.tree.leaves((one.target.params, one.draft.params)),
                    jax.tree.leaves((sharded.target.params, sharded.draft.params))))
@@ -133,6 +133,7 @@ def main():
                                                                 max_new_tokens=MAX_NEW, reset_state=True).tokens[0]
     if a.hf:
         result["loaded"]["hf"] = loaded(*a.hf, "data=2,model=4")
+        result["loaded"]["hf 2d"] = loaded(*a.hf, "data=2,model=4", ["2d"])
     if a.tmp:
         tmp = Path(a.tmp)
         for name, model in (("target", base.target), ("draft", base.draft)):

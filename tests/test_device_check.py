@@ -104,3 +104,22 @@ def test_saved_step_times_replay_over_other_records_and_name_missing_rows(tmp_pa
     saved.write_text(json.dumps(steps))
     with pytest.raises(SystemExit, match=r"no target step time for \[4\] rows"):
         main(["--steps-from", str(saved), "--records", str(records)])
+
+
+def test_step_times_compile_each_width_once_then_time_it():
+    import jax
+    import jax.numpy as jnp
+
+    import models
+    from adasd_jax.bench.device_check import step_times
+
+    c = models.Config(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, intermediate_size=64, max_position_embeddings=64)
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: compiles.append(name) if name.endswith("backend_compile_duration") else None)
+    step_times(jax, jnp, models, c, [1, 2, 5], position=8, cache_len=32, repeats=4, chain=4)  # warms the helpers
+    compiles.clear()
+    got = step_times(jax, jnp, models, c, [1, 2, 5], position=8, cache_len=32, repeats=4, chain=4)
+    assert sorted(got) == [1, 2, 5] and all(r["step_ms"] > 0 for r in got.values()) and got[1]["call_ms"] > 0
+    assert len(compiles) == 3  # one chain per width (a new function each call), none while timing

@@ -148,6 +148,13 @@ def expected_target(data: int, model: int) -> dict:
             "['mlp_norm']": [None], "['embed']": [m, None], "['lm_head']": [m, None]}
 
 
+def expected_2d() -> dict:
+    """The 2x4 table with `--rule 2d`: MLP and vocabulary on model+data; 4 query heads keep model=4."""
+    both = ["model", "data"]
+    return expected_target(2, 4) | {"['w_gate']": [both, None], "['w_up']": [both, None], "['w_down']": [None, both],
+                                    "['embed']": [both, None], "['lm_head']": [both, None]}
+
+
 @pytest.mark.parametrize("mesh", MESHES)
 def test_mesh_outputs_equal_one_device(check, mesh):
     got = check["meshes"][mesh]["tokens"]
@@ -186,11 +193,9 @@ def test_parameter_and_cache_shardings_follow_the_table(check, mesh):
 def test_weights_on_both_mesh_axes_give_the_same_tokens(check):
     """ffn, vocab and q_heads on model+data: the MLP and vocabulary split 8 ways, the 4 query heads keep model=4,
     and the caches keep their rows on data."""
-    d, both = check["meshes"]["data=2,model=4 2d"], ["model", "data"]
+    d, want = check["meshes"]["data=2,model=4 2d"], expected_2d()
     for method, tokens in d["tokens"].items():
         assert tokens == check["single"][method], method
-    want = expected_target(2, 4) | {"['w_gate']": [both, None], "['w_up']": [both, None], "['w_down']": [None, both],
-                                    "['embed']": [both, None], "['lm_head']": [both, None]}
     assert d["target"] == want
     assert d["draft"] == {k: v for k, v in want.items() if k not in ("['embed']", "['lm_head']")}
     assert d["state"]["['target_cache'].k[0]"] == d["state"]["['draft_cache'].k[0]"] == ["data", None, None, None]
@@ -214,11 +219,12 @@ def test_both_draft_placements_are_exercised(check):
     assert {d["replicate_draft"] for d in check["meshes"].values()} == {True, False}
 
 
-@pytest.mark.parametrize("kind", ["hf", "orbax"])
+@pytest.mark.parametrize("kind", ["hf", "orbax", "hf 2d"])
 def test_load_pair_places_parameters_on_the_mesh(check, kind):
     d = check["loaded"][kind]
     assert d["equal_values"]
-    want = {k: v for k, v in expected_target(2, 4).items() if k != "['lm_head']"}
+    want = {k: v for k, v in (expected_2d() if kind.endswith("2d") else expected_target(2, 4)).items()
+            if k != "['lm_head']"}
     assert d["target"] == want
     assert all(all(a is None for a in spec) for spec in d["draft"].values())
 

@@ -7,8 +7,10 @@
 
 The aim is 5 minutes. On one H200 (session 12) it ran past 400 s with 6 of its 22 tests unfinished: compiling
 the many small test programs dominates the tests. So the tests run without GPU GEMM autotuning, over half the
-host's cores (at most 8 xdist workers). Session 16 timed it at 296 s (timings 153 s, 23 tests 139 s), with its
-two 70 s tests started last; each worker now starts with one of the slowest tests (`device_test_order`).
+host's cores (at most 8 xdist workers). Session 16 timed it at 296 s (timings 153 s, of which 91 s compiling and
+timing 11 step programs one after another; 23 tests 139 s, with the two 70 s tests started last), then at 304 s
+on a slower machine with each worker started on one of the slowest tests (`device_test_order`; tests 130 s).
+The step programs now compile all at once, which no GPU has timed yet.
 
 1. Last, once the device is free of the timings: runs the test suite's parity and losslessness tests with JAX on
    the accelerator (float32 with `highest` matmul precision: TF32 would make float32 equality a bfloat16-like
@@ -37,6 +39,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from adasd_jax.loop import verify_widths
@@ -127,10 +130,14 @@ def step_times(jax, jnp, models, c, widths, position, cache_len, repeats, chain:
 
         return jax.lax.fori_loop(0, chain, body, jnp.float32(0))
 
+    tokens = {t: jnp.ones((1, t), jnp.int32) for t in widths}
+    # compiling, not timing, is most of this: compile every width at once (XLA compiles outside the GIL), then
+    # time them one by one on the otherwise idle device
+    with ThreadPoolExecutor(len(widths)) as pool:
+        programs = dict(zip(widths, pool.map(lambda t: chained.lower(params, tokens[t], cache).compile(), widths)))
     out = {}
     for t in widths:
-        tokens = jnp.ones((1, t), jnp.int32)
-        s = median_time(lambda tokens=tokens: chained(params, tokens, cache), max(3, repeats // 4)) / chain
+        s = median_time(lambda t=t: programs[t](params, tokens[t], cache), max(3, repeats // 4)) / chain
         out[t] = {"step_ms": s * 1e3, "param_bytes": param_bytes(c, params, t), "kv_bytes": kv}
     # one forward called from Python (dispatch included), at one width only: each width is another compilation
     first = jnp.ones((1, widths[0]), jnp.int32)
