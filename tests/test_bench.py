@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from adasd_jax import engine
+from adasd_jax import engine, sharding
 from adasd_jax.bench import datasets, execution, peers, report, runner
 
 HE_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
@@ -210,6 +210,20 @@ def test_bench_records_the_commit_it_started_from(loaded, tmp_path, monkeypatch)
     data.write_text(json.dumps({"question": "w5 w6", "answer": "w\n#### 1"}))
     res = _bench(loaded, tmp_path / "out", "--data-file", data, "--limit", 1, "--max-new-tokens", 3, "--methods", "ar")
     assert res["config"]["commit"] == "started-at"
+
+
+def test_bench_records_the_mesh_and_its_table(loaded, tmp_path):
+    draft, target, pair, hf = loaded
+    on_mesh = engine.shard(pair, "data=1,model=1", rules=sharding.parse_rules(["2d"]))
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "w5 w6", "answer": "w\n#### 1"}))
+    res = _bench((draft, target, on_mesh, hf), tmp_path / "out", "--data-file", data, "--limit", 1,
+                 "--max-new-tokens", 3, "--methods", "ar")
+    mesh = json.loads((tmp_path / "out" / "results.json").read_text())["config"]["mesh"]
+    assert mesh == {"shape": {"data": 1, "model": 1}, "draft": "replicated",
+                    "rules": dict(sharding.RULES, ffn=["model", "data"], vocab=["model", "data"],
+                                  q_heads=["model", "data"])}
+    assert res["config"]["mesh"] == mesh
 
 
 def test_bench_humaneval_batched(loaded, tmp_path):

@@ -126,6 +126,15 @@ def test_cli_rejects_a_mesh_larger_than_the_machine(capsys):
     assert "needs 4096 devices" in capsys.readouterr().err
 
 
+def test_cli_rules_reach_load_pair():
+    a = cli._parser().parse_args(["generate", "--mesh", "data=2,model=4", "--shard-draft", "--rule", "2d", "--rule",
+                                  "vocab=none", "hi"])
+    kw = cli.mesh_kwargs(a)
+    assert kw["mesh"] == "data=2,model=4" and kw["replicate_draft"] is False
+    assert kw["rules"] == dict(sharding.RULES, ffn=("model", "data"), q_heads=("model", "data"), vocab=None)
+    assert cli.mesh_kwargs(cli._parser().parse_args(["generate", "hi"]))["rules"] is None
+
+
 @pytest.mark.parametrize("args, match", [(["--rule", "ffn=model+data"], "add --mesh"),
                                          (["--mesh", "data=1,model=1", "--rule", "ffn=tp"], "bad sharding rule")])
 def test_cli_names_a_bad_sharding_rule(capsys, args, match):
