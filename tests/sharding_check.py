@@ -32,7 +32,8 @@ MESHES = ("data=8,model=1", "data=1,model=8", "data=2,model=4", "data=4,model=2"
 METHODS = ("ar", "sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2", "fsd:K=2", "adasd:K=2,k_max=2")
 # mesh -> (methods, draft replicated). CI: every method on the mixed mesh, one more on each other mesh, the draft
 # sharded like the target on data=4,model=2; --full: every method on every mesh (and the draft option on 2x4).
-# "MESH 2d": the table with the MLP, vocabulary and query heads on both mesh axes (weights stay put, rows move)
+# A key is a mesh and, after it, `--rule` items: "MESH 2d" is the table with the MLP, vocabulary and query heads on
+# both mesh axes (weights stay put, rows move).
 CI_PLAN = {"data=2,model=4": (METHODS, True), "data=8,model=1": (("sd:K=2",), True),
            "data=1,model=8": (("fsd:K=2",), True), "data=4,model=2": (("adasd:K=2,k_max=2",), False),
            "data=2,model=4 2d": (("ar", "adasd:K=2,k_max=2"), False)}
@@ -92,10 +93,17 @@ def run_methods(pair: Pair, methods) -> dict:
     return {m: engine.generate(pair, PROMPTS, method=m, max_new_tokens=MAX_NEW).tokens for m in methods}
 
 
-def loaded(draft, target, mesh: str, rules=None) -> dict:
+def placement(key: str) -> tuple[str, dict | None]:
+    """'data=2,model=4 2d' -> the mesh and the table its `--rule` items make (None: the default table)."""
+    mesh, *rules = key.split()
+    return mesh, sharding.parse_rules(rules)
+
+
+def loaded(draft, target, key: str) -> dict:
     """load_pair with a mesh: shardings and values against the same files loaded on one device."""
+    mesh, rules = placement(key)
     one = engine.load_pair(draft=str(draft), target=str(target))
-    sharded = engine.load_pair(draft=str(draft), target=str(target), mesh=mesh, rules=sharding.parse_rules(rules))
+    sharded = engine.load_pair(draft=str(draft), target=str(target), mesh=mesh, rules=rules)
     same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                zip(jax.tree.leaves((one.target.params, one.draft.params)),
                    jax.tree.leaves((sharded.target.params, sharded.draft.params))))
@@ -115,8 +123,8 @@ def main():
     result = {"single": run_methods(base, [m for m in METHODS if m not in LOSSLESS]), "meshes": {}, "loaded": {}}
     result["single"] |= {m: result["single"]["ar"] for m in LOSSLESS}
     for mesh, (methods, replicate_draft) in plan.items():
-        rules = sharding.parse_rules(["2d"] if mesh.endswith(" 2d") else None)
-        pair = engine.shard(base, mesh.split()[0], replicate_draft=replicate_draft, rules=rules)
+        on, rules = placement(mesh)
+        pair = engine.shard(base, on, replicate_draft=replicate_draft, rules=rules)
         result["meshes"][mesh] = {
             "replicate_draft": replicate_draft,
             "tokens": run_methods(pair, methods),
@@ -133,7 +141,7 @@ def main():
                                                                 max_new_tokens=MAX_NEW, reset_state=True).tokens[0]
     if a.hf:
         result["loaded"]["hf"] = loaded(*a.hf, "data=2,model=4")
-        result["loaded"]["hf 2d"] = loaded(*a.hf, "data=2,model=4", ["2d"])
+        result["loaded"]["hf 2d"] = loaded(*a.hf, "data=2,model=4 2d")
     if a.tmp:
         tmp = Path(a.tmp)
         for name, model in (("target", base.target), ("draft", base.draft)):
