@@ -17,6 +17,12 @@ def _add_model_args(p):
     p.add_argument("--draft", help="draft model (default: the built-in pair's 0.5B)")
     p.add_argument("--target", help="target model (default: the built-in pair's 1.5B)")
     p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (default bfloat16)")
+    add_draft_layers_arg(p)
+
+
+def add_draft_layers_arg(p):
+    p.add_argument("--draft-layers", type=int, default=None, metavar="N",
+                   help="keep only the draft's first N layers (with its final norm and head): a weaker, cheaper draft")
 
 
 def add_mesh_arg(p):
@@ -86,7 +92,8 @@ def cmd_generate(a) -> int:
     prompts = a.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
-    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, **mesh_kwargs(a))
+    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
+                            **mesh_kwargs(a))
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
               top_p=a.top_p, chat=a.chat, seed=a.seed)
     if a.stream and not a.json:

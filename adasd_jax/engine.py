@@ -42,6 +42,7 @@ class Model:
     config: models.Config
     params: Any
     source: str
+    layers: int | None = None  # only the source's first `layers` layers were kept (a cut draft); None: all
 
 
 @dataclasses.dataclass
@@ -124,19 +125,24 @@ def _layout(mesh, replicate_draft: bool, rules) -> sharding.Layout | None:
 
 
 def load_pair(draft: str | Path | None = None, target: str | Path | None = None, dtype: str = "float32",
-              draft_dtype: str | None = None, mesh=None, replicate_draft: bool = True, rules=None) -> Pair:
+              draft_dtype: str | None = None, mesh=None, replicate_draft: bool = True, rules=None,
+              draft_layers: int | None = None) -> Pair:
     """Load target and draft (hub ids, HF directories, GGUF files, or `adasd convert` directories).
 
     With neither given, the built-in Qwen2.5-Coder-0.5B -> 1.5B Instruct pair. `draft=""` loads the
     target alone (only method "ar" then). `mesh` (a `jax.sharding.Mesh` or "data=2,model=4") places each
     parameter directly into its sharding from `rules` (default `sharding.RULES`); the draft is replicated
     on every device unless `replicate_draft=False`. A converted directory's files are checked against their
-    sha256 (rehashed only when changed since the last check).
+    sha256 (rehashed only when changed since the last check). `draft_layers=N` keeps the draft's first N
+    layers with its final norm and head: a weaker, cheaper draft from the same checkpoint.
     """
     if target is None and draft is None:
         draft, target = _resolve_default("draft", draft_dtype or dtype), _resolve_default("target", dtype)
     if target is None:
         raise ValueError("a draft was given without a target: pass target= as well")
+    if draft_layers is not None and not draft:
+        raise ValueError(f"draft_layers={draft_layers} cuts the draft's layers, but no draft was given: pass draft= "
+                         "(or neither model, for the built-in pair)")
     layout = _layout(mesh, replicate_draft, rules)
     tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params, sha256=fetch.file_sha256)
     dm = None
@@ -154,7 +160,12 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
                 raise ValueError(f"draft vocabulary ({dc.vocab_size}) and target vocabulary ({tc.vocab_size}) "
                                  "differ beyond padding rows: the models do not share a vocabulary")
             vocab = min(dc.vocab_size, tc.vocab_size)
-        dm = Model(dc, dp, str(draft))
+        if draft_layers is not None:
+            if not 1 <= draft_layers <= dc.num_layers:
+                raise ValueError(f"draft_layers={draft_layers} is out of range: the draft {draft} has {dc.num_layers} "
+                                 f"layers, so keep 1 to {dc.num_layers}")
+            dc, dp = models.first_layers(dc, dp, draft_layers)
+        dm = Model(dc, dp, str(draft), layers=draft_layers)
     return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab, layout=layout)
 
 

@@ -226,6 +226,41 @@ def test_bench_records_the_mesh_and_its_table(loaded, tmp_path):
     assert res["config"]["mesh"] == mesh
 
 
+def test_bench_cuts_both_drafts_and_records_it(hf_pair, tmp_path):
+    """`--draft-layers 2` on the 4-layer target used as its own draft is the tiny pair's 2-layer draft, for the engine
+    and for transformers' assisted generation alike (which must then stay lossless), and the results say so."""
+    draft, target = map(str, hf_pair)
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "w5 w6 w40", "answer": "w\n#### 1"}))
+    common = ["--target", target, "--dtype", "float32", "--no-progress", "--no-step-timing", "--no-plots",
+              "--data-file", str(data), "--limit", "1", "--max-new-tokens", "8", "--methods", "ar,sd:K=3,hf-assisted"]
+    cut = runner.bench(runner._parser().parse_args(
+        [*common, "--draft", target, "--draft-layers", "2", "--out-dir", str(tmp_path / "cut")]))
+    ref = runner.bench(runner._parser().parse_args([*common, "--draft", draft, "--out-dir", str(tmp_path / "ref")]))
+    cfg = cut["config"]
+    assert cfg["models"]["draft"]["layers"] == 2 and cfg["peers"]["draft"]["layers"] == 2
+    assert cfg["models"]["draft"]["sha256"] == cfg["models"]["target"]["sha256"]
+    assert "layers" not in ref["config"]["models"]["draft"]
+    for m in ("sd:K=3", "hf-assisted"):
+        assert cut["summary"]["methods"][m]["lossless_check"] == "identical"
+        assert [r["tokens"] for r in cut["records"][m]] == [r["tokens"] for r in ref["records"][m]]
+    assert cut["records"]["sd:K=3"][0]["accepted"] == ref["records"]["sd:K=3"][0]["accepted"]
+    assert "only the first 2 layers" in (tmp_path / "cut" / "results.md").read_text()
+
+
+def test_peer_draft_cut_to_its_first_layers_equals_the_shallow_model(hf_pair):
+    import torch
+
+    draft, target = map(str, hf_pair)
+    cut = peers.load_peers(target, target, "float32", need_draft=True, draft_layers=2).draft
+    shallow = peers._load(draft, "float32")
+    x = torch.tensor([[5, 9, 13, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x).logits, shallow(x).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="draft_layers=5 is out of range"):
+        peers.first_layers(peers._load(target, "float32"), 5)
+
+
 def test_bench_humaneval_batched(loaded, tmp_path):
     rows = [{"task_id": f"Fix/{i}", "prompt": HE_PROMPT, "test": HE_TEST, "entry_point": "add"} for i in range(4)]
     data = tmp_path / "he.jsonl"

@@ -57,6 +57,18 @@ def test_convert_then_generate_gives_same_tokens(capsys, hf_pair, tmp_path):
     assert [r["tokens"] for r in converted["results"]] == [r["tokens"] for r in direct["results"]]
 
 
+def test_draft_layers_make_the_target_its_own_draft(capsys, hf_pair):
+    """The tiny target cut to its first 2 layers is the tiny pair's draft: same tokens and acceptance."""
+    _, target = hf_pair
+    ref = generate_json(capsys, hf_pair, "sd:K=3")
+    cut = generate_json(capsys, (target, target), "sd:K=3", "--draft-layers", 2)
+    assert cut["draft"] == str(target)
+    assert [r["tokens"] for r in cut["results"]] == [r["tokens"] for r in ref["results"]]
+    assert [r["accepted"] for r in cut["results"]] == [r["accepted"] for r in ref["results"]]
+    rc, _, err = run_cli(capsys, "generate", "--draft", target, "--target", target, "--draft-layers", 9, "hi")
+    assert rc == 2 and "draft_layers=9 is out of range" in err and "keep 1 to 4" in err
+
+
 def test_stream_and_stdin(capsys, hf_pair, monkeypatch):
     import io
 

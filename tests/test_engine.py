@@ -401,6 +401,31 @@ def test_nan_logits_are_reported_not_emitted(tiny_pair, prompts):
     assert all(t == [] for t in e.value.output.tokens)
 
 
+def test_draft_layers_cut_a_model_into_its_own_shallow_draft(hf_pair):
+    """The tiny pair's draft is its target's first 2 layers, so the target cut to 2 layers must be that draft:
+    the same parameters, and the same tokens and acceptance from every drafting method."""
+    draft, target = map(str, hf_pair)
+    saved = adasd_jax.load_pair(draft=draft, target=target)
+    cut = adasd_jax.load_pair(draft=target, target=target, draft_layers=2)
+    assert cut.draft.layers == 2 and cut.draft.config.num_layers == 2 and cut.draft.source == target
+    assert saved.draft.layers is None and adasd_jax.load_pair(draft=target, target=target).draft.config.num_layers == 4
+    jax.tree.map(np.testing.assert_array_equal, cut.draft.params, saved.draft.params)
+    prompts = ["w5 w9 w13", "w40 w3"]
+    for method in ("sd:K=3", "adasd"):
+        a, b = (adasd_jax.generate(p, prompts, method=method, max_new_tokens=12, chat=False) for p in (saved, cut))
+        assert a.tokens == b.tokens and (a.metrics["accepted"] == b.metrics["accepted"]).all()
+        assert 0 < b.metrics["accepted"].sum() < b.metrics["drafted"].sum()
+
+
+@pytest.mark.parametrize("kw, match", [({"draft_layers": 0}, r"draft_layers=0 is out of range.*keep 1 to 2"),
+                                       ({"draft_layers": 3}, r"draft_layers=3 is out of range"),
+                                       ({"draft": "", "draft_layers": 1}, "no draft was given")])
+def test_draft_layers_out_of_range_or_without_a_draft_is_refused(hf_pair, kw, match):
+    draft, target = map(str, hf_pair)
+    with pytest.raises(ValueError, match=match):
+        adasd_jax.load_pair(**{"draft": draft, "target": target, **kw})
+
+
 def test_vocabulary_mismatch_is_refused(hf_models, tmp_path):
     from conftest import make_hf_model
 

@@ -21,6 +21,7 @@ class HFPair:
     sources: dict[str, str]  # which files torch loaded
     dtype: str
     gguf: str = "dequantize"  # GGUF weights: "dequantize" (dense, like the JAX engine) or "packed"
+    draft_layers: int | None = None  # the draft runs its first N layers only, as the engine's `draft_layers=N`
 
 
 def peer_sources(draft: str | None, target: str | None) -> tuple[str | None, str]:
@@ -67,13 +68,28 @@ def _load(src: str, dtype: str, gguf: str = "dequantize"):
     return model.eval()
 
 
+def first_layers(model, n: int):
+    """The transformers model cut to its first n decoder layers (final norm and head kept), in place."""
+    layers = model.model.layers
+    if not 1 <= n <= len(layers):
+        raise ValueError(f"draft_layers={n} is out of range: the draft has {len(layers)} layers")
+    model.model.layers = layers[:n]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):  # per-layer attention kinds, read when the cache is built
+        model.config.layer_types = model.config.layer_types[:n]
+    return model
+
+
 def load_peers(draft: str | None, target: str | None, dtype: str, need_draft: bool,
-               gguf: str = "dequantize") -> HFPair:
+               gguf: str = "dequantize", draft_layers: int | None = None) -> HFPair:
     d, t = peer_sources(draft, target)
     if need_draft and not d:
         raise ValueError("hf-assisted needs a draft model")
-    return HFPair(target=_load(t, dtype, gguf), draft=_load(d, dtype, gguf) if need_draft else None,
-                  sources={"draft": d if need_draft else None, "target": t}, dtype=dtype, gguf=gguf)
+    dm = _load(d, dtype, gguf) if need_draft else None
+    if dm is not None and draft_layers is not None:
+        dm = first_layers(dm, draft_layers)
+    return HFPair(target=_load(t, dtype, gguf), draft=dm, sources={"draft": d if need_draft else None, "target": t},
+                  dtype=dtype, gguf=gguf, draft_layers=draft_layers if need_draft else None)
 
 
 def assisted_settings(hf: HFPair) -> dict:

@@ -177,6 +177,9 @@ def markdown(summary: dict, config: dict) -> str:
              f"(hf peers batch 1), device {config['device']}{_cpu(config)}. "
              f"Best fixed-K sd: {summary.get('best_sd') or '-'}."), "",
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    draft = (config.get("models") or {}).get("draft") or {}
+    if draft.get("layers"):
+        lines[0] += f" Draft: only the first {draft['layers']} layers of `{draft['source']}` (`--draft-layers`)."
     for m, row in rows.items():
         lines.append(f"| {m} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
     if "n" in cols:

