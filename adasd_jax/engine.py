@@ -3,6 +3,7 @@
     pair = adasd_jax.load_pair(draft="draft.gguf", target="target.gguf", dtype="bfloat16")
     out = adasd_jax.generate(pair, ["What is 2+3?"], method="adasd", max_new_tokens=128)
     out.texts, out.metrics, out.state
+    adasd_jax.engine.precompile(pair, prompts, method="adasd")   # optional: compile now, run later
 
 The AdaSD threshold state is an explicit input and output of `generate`; the pair keeps the last
 returned state per method and passes it to the next call (unless `state=` or `reset_state=True`).
@@ -399,6 +400,22 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
         if trace:
             traces.append(jax.tree.map(np.asarray, s.trace))
     return _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s)
+
+
+def precompile(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
+               batch_size: int | None = None, trace: bool = False) -> float:
+    """Compile, without running, what `generate` with the same arguments runs: one program per batch size and
+    prompt-length bucket. Returns the seconds spent compiling (0.0 when every program was built already). Warms a
+    server's buckets before its first request; calls from several threads compile at once (XLA releases the GIL)."""
+    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace)
+    bs = batch_size or len(ids)
+    secs = 0.0
+    for start in range(0, len(ids), bs):
+        chunk = ids[start:start + bs]
+        prompt, _, max_len = _pad(chunk, lc)
+        secs += _compiled(pair, lc, len(chunk), prompt.shape[1], max_len)[1]
+    return secs
 
 
 def prefill_s(pair: Pair, prompts, method: str | Method = "ar", max_new_tokens: int = 128, temperature: float = 0.0,

@@ -238,6 +238,27 @@ def test_divergences_by_position_equal_all_at_once(tiny_pair, prompts, monkeypat
         np.testing.assert_allclose(a.metrics["t_v"], b.metrics["t_v"], rtol=1e-5)
 
 
+def test_precompile_builds_what_generate_runs_and_nothing_else(tiny_pair):
+    """precompile compiles each (batch, bucket) loop program once without running it; generate then compiles none
+    (only JAX's tiny eager ops around the loop, such as splitting the key, compile on their first use)."""
+    from jax import monitoring
+
+    loops = []
+    monitoring.register_event_duration_secs_listener(
+        lambda name, _, fun_name="", **k: loops.append(fun_name)
+        if name.endswith("backend_compile_duration") and "generate" in fun_name else None)
+    pair = dataclasses.replace(tiny_pair, compiled={}, states={})
+    prompts = [[5, 6, 7], [8, 9, 10, 11], list(range(3, 30))]  # batches of 2 and 1, buckets 16 and 32
+    assert engine.precompile(pair, prompts, method="adasd", max_new_tokens=8, batch_size=2) > 0
+    assert len(loops) == 2 and sorted(k[1:3] for k in pair.compiled) == [(1, 32), (2, 16)]
+    assert not pair.states  # nothing ran
+    assert engine.precompile(pair, prompts, method="adasd", max_new_tokens=8, batch_size=2) == 0.0
+    out = adasd_jax.generate(pair, prompts, method="adasd", max_new_tokens=8, batch_size=2)
+    assert len(loops) == 2 and out.compile_s == 0.0 and [len(t) for t in out.tokens] == [8, 8, 8]
+    with pytest.raises(ValueError, match="unknown method"):
+        engine.precompile(pair, prompts, method="nope")
+
+
 def test_second_length_in_bucket_compiles_nothing(tiny_pair):
     from jax import monitoring
 
