@@ -106,20 +106,50 @@ def test_saved_step_times_replay_over_other_records_and_name_missing_rows(tmp_pa
         main(["--steps-from", str(saved), "--records", str(records)])
 
 
-def test_step_times_compile_each_width_once_then_time_it():
+def test_step_programs_compile_at_once_and_time_without_compiling():
     import jax
     import jax.numpy as jnp
 
     import models
-    from adasd_jax.bench.device_check import step_times
+    from adasd_jax.bench.device_check import compile_all, step_programs, time_steps
 
     c = models.Config(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                       head_dim=8, intermediate_size=64, max_position_embeddings=64)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, *a, **k: compiles.append(name) if name.endswith("backend_compile_duration") else None)
-    step_times(jax, jnp, models, c, [1, 2, 5], position=8, cache_len=32, repeats=4, chain=4)  # warms the helpers
+    prog = step_programs(jax, jnp, models, c, [1, 2, 5], position=8, cache_len=32, chain=4)
+    assert sorted(map(str, prog["build"])) == ["1", "2", "5", "call"]
+    built, wall = compile_all(prog["build"])
+    assert wall > 0 and len(compiles) >= 4  # the three chains and the Python-called forward
     compiles.clear()
-    got = step_times(jax, jnp, models, c, [1, 2, 5], position=8, cache_len=32, repeats=4, chain=4)
+    got = time_steps(c, prog, built, repeats=4)
     assert sorted(got) == [1, 2, 5] and all(r["step_ms"] > 0 for r in got.values()) and got[1]["call_ms"] > 0
-    assert len(compiles) == 3  # one chain per width (a new function each call), none while timing
+    assert compiles == []  # nothing compiles while timing
+
+
+def test_the_check_runs_end_to_end_on_small_shapes(tmp_path, monkeypatch, capsys):
+    """The whole check minus the test suite, on this CPU with small models standing in for the pair's shapes: every
+    step and loop program compiles in one batch, then the steps, the loop and the projection come out."""
+    import dataclasses
+    import json
+
+    import models
+    from adasd_jax.bench import device_check, roofline
+
+    small = models.Config(model_type="qwen2", vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,
+                          num_kv_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=256, qkv_bias=True)
+    monkeypatch.setattr(roofline, "TARGET", small)
+    monkeypatch.setattr(roofline, "DRAFT", dataclasses.replace(small, num_layers=1))
+    out = tmp_path / "check.json"
+    assert device_check.main(["--skip-tests", "--repeats", "3", "--new-tokens", "8", "--position", "8",
+                              "--cache-len", "64", "--copy-gib", "0.01", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    rows = device_check.verify_rows(device_check.recorded_caps(device_check.load_runs(device_check.CPU_RECORDS)) | {4})
+    assert sorted(map(int, report["target_steps"])) == rows and sorted(map(int, report["draft_steps"])) == [1, 2]
+    assert f"compiled {len(rows) + 1 + 2 + 1 + 2} programs at once" in printed  # target + call, draft + call, loops
+    for m in ("ar", "sd:K=4"):
+        loop = report["loops"][m]
+        assert loop["compile_s"] > 0 and loop["new_tokens"] == 8 and loop["ms_per_round"] > 0
+    assert report["loops"]["ar"]["rounds"] == 8 and report["projected"] and "tests" not in report

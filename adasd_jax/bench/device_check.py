@@ -10,7 +10,8 @@ the many small test programs dominates the tests. So the tests run without GPU G
 host's cores (at most 8 xdist workers). Session 16 timed it at 296 s (timings 153 s, of which 91 s compiling and
 timing 11 step programs one after another; 23 tests 139 s, with the two 70 s tests started last), then at 304 s
 on a slower machine with each worker started on one of the slowest tests (`device_test_order`; tests 130 s).
-The step programs now compile all at once, which no GPU has timed yet.
+Since session 17 every timed program (the 11 step programs and the loop check's two, 42 s of which was `sd:K=4`
+alone) compiles at once, in threads, before anything is timed; no GPU has timed that yet.
 
 1. Last, once the device is free of the timings: runs the test suite's parity and losslessness tests with JAX on
    the accelerator (float32 with `highest` matmul precision: TF32 would make float32 equality a bfloat16-like
@@ -20,7 +21,7 @@ The step programs now compile all at once, which no GPU has timed yet.
    each reads with the memory bandwidth measured in the same run (a device-to-device copy) and
    with the chip's datasheet HBM bandwidth.
 3. Runs the jitted loop itself on those random weights (`ar`, `sd:K=4`) to measure its overhead
-   over the bare steps.
+   over the bare steps. Every program of steps 2 and 3 is compiled first, all at once.
 4. Random weights make acceptance meaningless, so projected tokens/s per method replay, round by round, the
    traces that `adasd bench` recorded on the CPU with the real weights (`--records`, default: session 11's greedy
    and temperature-1 GSM8K runs) with the step times measured here. A round of n proposals costs
@@ -34,6 +35,7 @@ The step programs now compile all at once, which no GPU has timed yet.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -112,14 +114,12 @@ def copy_bandwidth(jax, jnp, gib: float = 2.0) -> float:
     return 2 * x.nbytes / median_time(lambda: f(x), 10) / 1e9
 
 
-def step_times(jax, jnp, models, c, widths, position, cache_len, repeats, chain: int = 32) -> dict[int, dict]:
-    """Per-forward time of `chain` forwards chained in one jitted fori_loop (launch overhead amortised,
-    as inside the decode loop), and of one forward of the first width called from Python (`call_ms`)."""
-    from adasd_jax.bench.roofline import median_time, param_bytes
-
+def step_programs(jax, jnp, models, c, widths, position, cache_len, chain: int = 32) -> dict:
+    """Random bfloat16 weights of c's shapes, a cache filled to `position`, and a build thunk per program: `chain`
+    forwards chained in one jitted fori_loop per width (launch overhead amortised, as inside the decode loop), and
+    one forward of the first width called from Python ("call", dispatch included)."""
     params = models.init_params(c, jax.random.key(1), jnp.bfloat16)
     cache = models.init_cache(c, 1, cache_len, jnp.bfloat16).with_lengths(jnp.asarray([position], jnp.int32))
-    kv = sum(a.nbytes for a in cache.k + cache.v)
     fwd = jax.jit(models.forward, static_argnums=1)
 
     @jax.jit
@@ -131,35 +131,60 @@ def step_times(jax, jnp, models, c, widths, position, cache_len, repeats, chain:
         return jax.lax.fori_loop(0, chain, body, jnp.float32(0))
 
     tokens = {t: jnp.ones((1, t), jnp.int32) for t in widths}
-    # compiling, not timing, is most of this: compile every width at once (XLA compiles outside the GIL), then
-    # time them one by one on the otherwise idle device
-    with ThreadPoolExecutor(len(widths)) as pool:
-        programs = dict(zip(widths, pool.map(lambda t: chained.lower(params, tokens[t], cache).compile(), widths)))
+    build = {t: (lambda t=t: chained.lower(params, tokens[t], cache).compile()) for t in widths}
+    build["call"] = lambda: fwd.lower(params, c, tokens[widths[0]], cache).compile()
+    return {"params": params, "cache": cache, "tokens": tokens, "build": build, "chain": chain,
+            "kv_bytes": sum(a.nbytes for a in cache.k + cache.v)}
+
+
+def compile_all(builds: dict) -> tuple[dict, float]:
+    """Every build thunk at once, in threads: compiling dominates the check, and XLA compiles outside the GIL.
+    Returns (what each built, wall seconds)."""
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max(1, len(builds))) as pool:
+        built = dict(zip(builds, pool.map(lambda f: f(), builds.values())))
+    return built, time.perf_counter() - t
+
+
+def time_steps(c, prog: dict, built: dict, repeats: int) -> dict[int, dict]:
+    """Per-forward ms of each compiled width, one width after another on the otherwise idle device."""
+    from adasd_jax.bench.roofline import median_time, param_bytes
+
+    params, cache, tokens, chain = prog["params"], prog["cache"], prog["tokens"], prog["chain"]
     out = {}
-    for t in widths:
-        s = median_time(lambda t=t: programs[t](params, tokens[t], cache), max(3, repeats // 4)) / chain
-        out[t] = {"step_ms": s * 1e3, "param_bytes": param_bytes(c, params, t), "kv_bytes": kv}
-    # one forward called from Python (dispatch included), at one width only: each width is another compilation
-    first = jnp.ones((1, widths[0]), jnp.int32)
-    out[widths[0]]["call_ms"] = median_time(lambda: fwd(params, c, first, cache), repeats) * 1e3
+    for t in tokens:
+        s = median_time(lambda t=t: built[t](params, tokens[t], cache), max(3, repeats // 4)) / chain
+        out[t] = {"step_ms": s * 1e3, "param_bytes": param_bytes(c, params, t), "kv_bytes": prog["kv_bytes"]}
+    first = next(iter(tokens))
+    out[first]["call_ms"] = median_time(lambda: built["call"](params, tokens[first], cache), repeats) * 1e3
     return out
 
 
-def loop_times(jax, jnp, models, engine, tc, dc, new_tokens: int) -> dict[str, dict]:
-    """The jitted loop on random weights: ms per round and per token (no EOS: random text runs to the end)."""
+def step_times(jax, jnp, models, c, widths, position, cache_len, repeats, chain: int = 32) -> dict[int, dict]:
+    """step_programs, compiled at once, then timed."""
+    prog = step_programs(jax, jnp, models, c, widths, position, cache_len, chain)
+    return time_steps(c, prog, compile_all(prog["build"])[0], repeats)
+
+
+LOOP_METHODS = ("ar", "sd:K=4")
+LOOP_PROMPT = list(range(100, 164))
+
+
+def loop_pair(engine, tc, dc, tp, dp):
+    """The jitted loop's pair on the step programs' random weights, without EOS (random text runs to the end)."""
     import dataclasses
 
     tc, dc = (dataclasses.replace(c, eos_token_ids=()) for c in (tc, dc))
-    tp = models.init_params(tc, jax.random.key(1), jnp.bfloat16)
-    dp = models.init_params(dc, jax.random.key(2), jnp.bfloat16)
-    pair = engine.Pair(
-        target=engine.Model(tc, tp, "random"), draft=engine.Model(dc, dp, "random"), tokenizer=None, vocab=tc.vocab_size
-    )
-    prompt = list(range(100, 164))
+    return engine.Pair(target=engine.Model(tc, tp, "random"), draft=engine.Model(dc, dp, "random"), tokenizer=None,
+                       vocab=tc.vocab_size)
+
+
+def loop_times(engine, pair, new_tokens: int, compile_s: dict[str, float]) -> dict[str, dict]:
+    """The loop programs (compiled by `engine.precompile`): ms per round and per token, best of 3 after a warm-up."""
     out = {}
-    for method in ("ar", "sd:K=4"):
-        first = engine.generate(pair, [prompt], method=method, max_new_tokens=new_tokens)  # compiles
-        runs = [engine.generate(pair, [prompt], method=method, max_new_tokens=new_tokens) for _ in range(3)]
+    for method in LOOP_METHODS:
+        engine.generate(pair, [LOOP_PROMPT], method=method, max_new_tokens=new_tokens)
+        runs = [engine.generate(pair, [LOOP_PROMPT], method=method, max_new_tokens=new_tokens) for _ in range(3)]
         o = min(runs, key=lambda o: o.run_s)
         rounds = int(o.metrics["rounds"][0]) + 1
         out[method] = {
@@ -167,7 +192,7 @@ def loop_times(jax, jnp, models, engine, tc, dc, new_tokens: int) -> dict[str, d
             "ms_per_round": o.run_s / rounds * 1e3,
             "rounds": rounds,
             "new_tokens": int(o.metrics["new_tokens"][0]),
-            "compile_s": first.compile_s,
+            "compile_s": compile_s[method],
         }
     return out
 
@@ -279,6 +304,7 @@ def main(argv=None) -> int:
     ap.add_argument("--position", type=int, default=256)
     ap.add_argument("--cache-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--copy-gib", type=float, default=2.0, help="size of the bandwidth probe's copy")
     ap.add_argument("--json", help="write all figures here")
     ap.add_argument("--steps-from", type=Path, help="no device: project --records from this earlier check's JSON")
     a = ap.parse_args(argv)
@@ -300,14 +326,24 @@ def main(argv=None) -> int:
     dev = jax.devices()[0]
     report = {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__}
     print(f"jax {jax.__version__} on {dev.platform}: {dev.device_kind}", flush=True)
-    bw = copy_bandwidth(jax, jnp)
+    bw = copy_bandwidth(jax, jnp, a.copy_gib)
     sheet = datasheet(dev.device_kind)
     report.update(copy_gb_s=bw, datasheet_gb_s=sheet)
     print(f"\nbandwidth: copy {bw:.0f} GB/s (read+write); datasheet {sheet or '?'} GB/s")
     runs = {} if a.steps_only else load_runs(a.records)
     rows = [1] if a.steps_only else verify_rows(recorded_caps(runs) | {4})  # 4: the loop check's sd:K=4
-    t = step_times(jax, jnp, models, TARGET, rows, a.position, a.cache_len, a.repeats)
-    d = step_times(jax, jnp, models, DRAFT, [1] if a.steps_only else [1, 2], a.position, a.cache_len, a.repeats)
+    tprog = step_programs(jax, jnp, models, TARGET, rows, a.position, a.cache_len)
+    dprog = step_programs(jax, jnp, models, DRAFT, [1] if a.steps_only else [1, 2], a.position, a.cache_len)
+    builds = {("target", k): f for k, f in tprog["build"].items()} | {("draft", k): f for k, f in dprog["build"].items()}
+    if not a.steps_only:
+        pair = loop_pair(engine, TARGET, DRAFT, tprog["params"], dprog["params"])
+        builds |= {("loop", m): functools.partial(engine.precompile, pair, [LOOP_PROMPT], method=m,
+                                                  max_new_tokens=a.new_tokens) for m in LOOP_METHODS}
+    built, wall = compile_all(builds)
+    report["compile_s"] = wall
+    print(f"compiled {len(builds)} programs at once in {wall:.1f}s")
+    t = time_steps(TARGET, tprog, {k: v for (m, k), v in built.items() if m == "target"}, a.repeats)
+    d = time_steps(DRAFT, dprog, {k: v for (m, k), v in built.items() if m == "draft"}, a.repeats)
     print(
         f"{'model':6} {'T':>3} {'ms':>8} {'tok/s':>8} {'GB/s params':>11} {'of copy':>7} {'of sheet':>8} "
         f"{'GB/s +kv':>8}"
@@ -330,14 +366,14 @@ def main(argv=None) -> int:
     if a.steps_only:
         a.skip_tests = True
     else:
-        loops = loop_times(jax, jnp, models, engine, TARGET, DRAFT, a.new_tokens)
+        loops = loop_times(engine, pair, a.new_tokens, {m: built[("loop", m)] for m in LOOP_METHODS})
         ar_limit = 1e3 / t[1]["step_ms"]
         # random weights reject the first proposal of every round: 4 one-token draft forwards and 5 verified rows
         loops["sd:K=4"]["predicted_ms_per_round"] = t[5]["step_ms"] + 4 * d[1]["step_ms"]
         for m, r in loops.items():
             print(
                 f"loop {m:7}: {r['tokens_per_s']:8.1f} tok/s, {r['ms_per_round']:.3f} ms/round over {r['rounds']} "
-                f"rounds (compile {r['compile_s']:.1f}s)"
+                f"rounds (compiled in {r['compile_s']:.1f}s, alongside the others)"
             )
         print(f"ar loop reaches {loops['ar']['tokens_per_s'] / ar_limit:.3f} of 1/step ({ar_limit:.1f} tok/s); "
               f"sd:K=4 round {loops['sd:K=4']['ms_per_round']:.3f} ms against "
