@@ -162,10 +162,7 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
                                  "differ beyond padding rows: the models do not share a vocabulary")
             vocab = min(dc.vocab_size, tc.vocab_size)
         if draft_layers is not None:
-            if not 1 <= draft_layers <= dc.num_layers:
-                raise ValueError(f"draft_layers={draft_layers} is out of range: the draft {draft} has {dc.num_layers} "
-                                 f"layers, so keep 1 to {dc.num_layers}")
-            dc, dp = models.first_layers(dc, dp, draft_layers)
+            dc, dp = models.first_layers(dc, dp, draft_layers, label=f"draft_layers={draft_layers}")
         dm = Model(dc, dp, str(draft), layers=draft_layers)
     return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab, layout=layout)
 

@@ -21,8 +21,8 @@ from models.load.convert import CheckpointError
 from models.transformer import ParamSpec, check_params, embed_lookup, forward, init_params, param_axes, param_specs
 
 __all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
-           "check_params", "embed_lookup", "first_layers", "forward", "init_cache", "init_params", "load", "load_tokenizer",
-           "param_axes", "param_specs", "parse_dtype", "save", "source_kind"]
+           "check_layers_kept", "check_params", "embed_lookup", "first_layers", "forward", "init_cache", "init_params",
+           "load", "load_tokenizer", "param_axes", "param_specs", "parse_dtype", "save", "source_kind"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -132,12 +132,17 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     return c, params, tok
 
 
-def first_layers(config: Config, params, n: int):
+def check_layers_kept(n: int, total: int, label: str) -> None:
+    """Refuse keeping n of a model's `total` layers unless 1 <= n <= total; `label` names the setting."""
+    if not 1 <= n <= total:
+        raise ValueError(f"{label} is out of range: the model has {total} layers, so keep 1 to {total}")
+
+
+def first_layers(config: Config, params, n: int, label: str | None = None):
     """A self-speculative draft: the embedding, the first n layers, the final norm and the head."""
     import dataclasses
 
-    if not 1 <= n <= config.num_layers:
-        raise ValueError(f"layers:{n} is out of range: the model has {config.num_layers} layers")
+    check_layers_kept(n, config.num_layers, label or f"layers:{n}")
     sub = dict(params, layers=list(params["layers"][:n]))
     return dataclasses.replace(config, num_layers=n), sub
 

@@ -160,12 +160,6 @@ def time_steps(c, prog: dict, built: dict, repeats: int) -> dict[int, dict]:
     return out
 
 
-def step_times(jax, jnp, models, c, widths, position, cache_len, repeats, chain: int = 32) -> dict[int, dict]:
-    """step_programs, compiled at once, then timed."""
-    prog = step_programs(jax, jnp, models, c, widths, position, cache_len, chain)
-    return time_steps(c, prog, compile_all(prog["build"])[0], repeats)
-
-
 LOOP_METHODS = ("ar", "sd:K=4")
 LOOP_PROMPT = list(range(100, 164))
 

@@ -70,9 +70,10 @@ def _load(src: str, dtype: str, gguf: str = "dequantize"):
 
 def first_layers(model, n: int):
     """The transformers model cut to its first n decoder layers (final norm and head kept), in place."""
+    from models import check_layers_kept
+
     layers = model.model.layers
-    if not 1 <= n <= len(layers):
-        raise ValueError(f"draft_layers={n} is out of range: the draft has {len(layers)} layers")
+    check_layers_kept(n, len(layers), f"draft_layers={n}")
     model.model.layers = layers[:n]
     model.config.num_hidden_layers = n
     if getattr(model.config, "layer_types", None):  # per-layer attention kinds, read when the cache is built
