@@ -258,9 +258,14 @@ def continuations(target: models.Config, target_params, tokenizer, prompts: list
 
 # ---------------------------------------------------------------- models
 
-def init_draft(spec: str, target_config: models.Config, target_params: Params, tokenizer, dtype: str):
-    """INIT: `layers:N` (the target's embedding, first N layers, final norm and head) or another model source."""
+def init_draft(spec: str, target_config: models.Config, target_params: Params, tokenizer, dtype: str,
+               layers: int | None = None):
+    """INIT: `layers:N` (the target's embedding, first N layers, final norm and head) or another model source,
+    of which `layers` keeps the first ones (a cheaper draft to train back up)."""
     if spec.startswith("layers:"):
+        if layers is not None:
+            raise ValueError(f"--init-layers cuts another model; --init {spec} already picks the target's layers: "
+                             "drop one of the two")
         try:
             n = int(spec.split(":", 1)[1])
         except ValueError:
@@ -275,6 +280,8 @@ def init_draft(spec: str, target_config: models.Config, target_params: Params, t
     if c.vocab_size != target_config.vocab_size:
         raise ValueError(f"--init {spec} has vocabulary {c.vocab_size}, the target {target_config.vocab_size}: "
                          "distillation compares distributions over one vocabulary")
+    if layers is not None:
+        c, p = models.first_layers(c, p, layers, label="--init-layers")
     return c, p
 
 
@@ -481,6 +488,8 @@ def eval_table(before: dict | None, after: dict) -> str:
 def add_arguments(p) -> None:
     p.add_argument("--target", required=True, help="the target model (any source `adasd generate` takes)")
     p.add_argument("--init", required=True, help="layers:N (the target's first N layers) or another model source")
+    p.add_argument("--init-layers", type=int, default=None, metavar="N",
+                   help="keep only the first N layers of the --init model (with its final norm and head)")
     p.add_argument("--data", required=True, help="jsonl: GSM8K rows (question, answer) or rows with a `text` field")
     p.add_argument("--out", required=True, help="the distilled draft's directory (state lives in OUT.train/)")
     p.add_argument("--offset", type=int, default=0, help="first data row to use")
@@ -539,13 +548,16 @@ def main(a) -> int:
     settings = {"target": str(a.target), "init": a.init, "data": str(Path(a.data).resolve()), "offset": a.offset,
                 "limit": a.limit, "template": a.template, "continuations": a.continuations, "dtype": a.dtype,
                 "ckpt_every": a.ckpt_every, **dataclasses.asdict(h)}
+    if a.init_layers is not None:  # absent otherwise, so runs from before the option still resume
+        settings["init_layers"] = a.init_layers
     prepare_train_dir(train_dir, settings, a.restart)
     progress = not a.no_progress
 
     tc, tp, tok = models.load(a.target, a.dtype)
     if tok is None:
         raise ValueError(f"target {a.target} has no tokenizer: distillation reads text and the draft must carry it")
-    dc, dp = init_draft(a.init, tc, tp, tok, a.dtype)
+    dc, dp = init_draft(a.init, tc, tp, tok, a.dtype, a.init_layers)
+    init_name = a.init if a.init_layers is None else f"{a.init} (first {a.init_layers} layers)"
     chat = a.template == "chat"
 
     def make_data():
@@ -565,7 +577,7 @@ def main(a) -> int:
         eval_data = pack([encode_row(tok, r, chat) for r in eval_rows], h.seq_len)
         problems = [datasets.Problem(id=f"eval/{a.eval_offset + i}", prompt=prompt_of(r), chat=chat,
                                      answer=r.get("answer", "")) for i, r in enumerate(eval_rows)]
-        pair = engine.Pair(target=engine.Model(tc, tp, str(a.target)), draft=engine.Model(dc, dp, a.init),
+        pair = engine.Pair(target=engine.Model(tc, tp, str(a.target)), draft=engine.Model(dc, dp, init_name),
                            tokenizer=tok, vocab=tc.vocab_size)
         evaluate_now = lambda: evaluate(pair, problems, methods, a.eval_max_new_tokens, eval_data,
                                         models.parse_dtype(a.dtype), progress)
@@ -583,7 +595,7 @@ def main(a) -> int:
     report["train_s_this_call"] = time.perf_counter() - t
     save_dtype = models.parse_dtype(a.save_dtype or a.dtype)
     final = jax.tree.map(lambda x: x.astype(save_dtype), state.params)
-    models.save(out, dc, final, tok, source=f"adasd distill --target {a.target} --init {a.init} ({h.steps} steps)")
+    models.save(out, dc, final, tok, source=f"adasd distill --target {a.target} --init {init_name} ({h.steps} steps)")
     log = _read_log(train_dir / "log.jsonl", h.steps)
     report["loss_first"], report["loss_last"] = log[0]["loss"], log[-1]["loss"]
     print(f"wrote {out}: loss {log[0]['loss']:.4f} -> {log[-1]['loss']:.4f} over {h.steps} steps", file=sys.stderr)

@@ -244,3 +244,22 @@ def test_init_from_another_model_checks_the_vocabulary(tmp_path, hf_pair):
         distill.init_draft("layers:9", tc, tp, tok, "float32")
     with pytest.raises(ValueError, match="layers:N with an integer"):
         distill.init_draft("layers:x", tc, tp, tok, "float32")
+
+
+def test_init_layers_cuts_the_init_model(hf_pair):
+    import numpy as np
+
+    import models
+
+    tc, tp, tok = models.load(hf_pair[1], "float32")
+    full_c, full_p = distill.init_draft(str(hf_pair[0]), tc, tp, tok, "float32")
+    c, p = distill.init_draft(str(hf_pair[0]), tc, tp, tok, "float32", layers=1)
+    assert (full_c.num_layers, c.num_layers, len(p["layers"])) == (2, 1, 1)
+    for name, leaf in p["layers"][0].items():
+        np.testing.assert_array_equal(leaf, full_p["layers"][0][name])
+    for name in set(full_p) - {"layers"}:  # embedding, final norm, head: kept whole
+        np.testing.assert_array_equal(p[name], full_p[name])
+    with pytest.raises(ValueError, match="--init-layers is out of range: the model has 2 layers"):
+        distill.init_draft(str(hf_pair[0]), tc, tp, tok, "float32", layers=3)
+    with pytest.raises(ValueError, match="--init-layers cuts another model"):
+        distill.init_draft("layers:1", tc, tp, tok, "float32", layers=1)
