@@ -258,14 +258,19 @@ def continuations(target: models.Config, target_params, tokenizer, prompts: list
 
 # ---------------------------------------------------------------- models
 
+def check_init(spec: str, layers: int | None) -> None:
+    """Refuse `--init layers:N` with `--init-layers` (before any model loads)."""
+    if spec.startswith("layers:") and layers is not None:
+        raise ValueError(f"--init-layers cuts another model; --init {spec} already picks the target's layers: "
+                         "drop one of the two")
+
+
 def init_draft(spec: str, target_config: models.Config, target_params: Params, tokenizer, dtype: str,
                layers: int | None = None):
     """INIT: `layers:N` (the target's embedding, first N layers, final norm and head) or another model source,
     of which `layers` keeps the first ones (a cheaper draft to train back up)."""
+    check_init(spec, layers)
     if spec.startswith("layers:"):
-        if layers is not None:
-            raise ValueError(f"--init-layers cuts another model; --init {spec} already picks the target's layers: "
-                             "drop one of the two")
         try:
             n = int(spec.split(":", 1)[1])
         except ValueError:
@@ -534,6 +539,7 @@ def main(a) -> int:
 
     if a.ckpt_every < 1:
         raise ValueError(f"--ckpt-every must be >= 1, got {a.ckpt_every}")
+    check_init(a.init, a.init_layers)
     h = Hyper(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, warmup=a.warmup,
               weight_decay=a.weight_decay, clip=a.clip, loss=a.loss, compute_dtype=a.compute_dtype, seed=a.seed)
     methods = a.eval_methods.split(",")

@@ -263,3 +263,12 @@ def test_init_layers_cuts_the_init_model(hf_pair):
         distill.init_draft(str(hf_pair[0]), tc, tp, tok, "float32", layers=3)
     with pytest.raises(ValueError, match="--init-layers cuts another model"):
         distill.init_draft("layers:1", tc, tp, tok, "float32", layers=1)
+
+
+def test_init_layers_with_layers_init_is_refused_before_loading(tmp_path, capsys):
+    data = write_gsm8k_like(tmp_path / "train.jsonl", 2)
+    rc = cli.main(["distill", "--target", str(tmp_path / "no-such-target"), "--init", "layers:2",
+                   "--init-layers", "1", "--data", str(data), "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--init-layers cuts another model" in err and "drop one of the two" in err
+    assert not (tmp_path / "d.train").exists()  # refused before the target (absent here) was looked for
