@@ -27,9 +27,8 @@ DT = models.parse_dtype("bfloat16")
 N, L = 10, 512
 
 
-def target_path(results):
+def target_path(results, tok):
     """Token rows (prompt + the target's greedy output) and the mask of positions that predict an output token."""
-    _, _, tok = models.load(str(C / "qwen2.5-coder-1.5b-instruct-bfloat16"), "bfloat16")
     rows = distill.read_rows("/work/shared/data/gsm8k/train.jsonl", 0, N)
     recs = {r["problem"]: r for r in json.loads(Path(results).read_text())["records"]["ar"]}
     toks, mask = np.zeros((N, L), np.int32), np.zeros((N, L), bool)
@@ -65,8 +64,8 @@ def make_per_position(dc, tc, seg):
 
 def main():
     results, out_path, drafts = sys.argv[1], sys.argv[2], sys.argv[3:]
-    toks, mask = target_path(results)
-    tc, tp, _ = models.load(str(C / "qwen2.5-coder-1.5b-instruct-bfloat16"), "bfloat16")
+    tc, tp, tok = models.load(str(C / "qwen2.5-coder-1.5b-instruct-bfloat16"), "bfloat16")
+    toks, mask = target_path(results, tok)
     seg = jnp.zeros((2, L), jnp.int32)
     report = {"positions": int(mask.sum()), "drafts": {}}
     for spec in drafts:
