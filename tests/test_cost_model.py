@@ -78,3 +78,22 @@ def test_verification_by_rows_charges_the_engine_width():
     with pytest.raises(ValueError, match="verify-rows covers 1..17 rows"):
         c.verify(20, 31)
     assert cm.rows_table("cpu") == cm.CPU_ROWS and cm.rows_table("1:1,17:2.5") == ((1, 1.0), (17, 2.5))
+
+
+def test_midpoint_rule_and_fixed_generation_threshold():
+    first = seq([1, 1, 0], [0.1, 0.3, 0.8], [0.2, 0.4, 1.5])
+    assert cm.replay([first], "adasd", C, t_g_rule="midpoint").t_g == pytest.approx(((0.2 + 0.4) / 2 + 1.5) / 2)
+    assert math.isinf(cm.replay([seq([0] * 3, [0.9] * 3, [1.0] * 3)], "adasd", C, t_g_rule="midpoint",
+                                js_accept=False).t_g)  # no accepted token yet: no midpoint
+    # entropy 1.0 is above the midpoint 0.9 but below the mean 1.5: only the midpoint rule stops there
+    second = seq([1, 1, 1], [0.05, 0.2, 0.1], [0.1, 1.0, 0.1])
+    spec, mid = cm.replay([first, second], "adasd", C), cm.replay([first, second], "adasd", C, t_g_rule="midpoint")
+    assert (spec.rounds, spec.proposals, spec.draft_steps) == (2, 6, 6)  # the second problem in one round of 3
+    assert (mid.rounds, mid.proposals, mid.draft_steps) == (3, 5, 6)  # 1 + the declined step, then 1
+    # a fixed T_G of 0 declines every token: one target call and one wasted draft step per emitted token
+    r = cm.replay([second], "adasd", C, t_g=0.0)
+    assert (r.tokens, r.rounds, r.proposals, r.draft_steps, r.t_g) == (3, 3, 0, 3, 0.0)
+    # a fixed T_G above every entropy, strict verdicts only: sd with K = k_max
+    long = [seq([1, 0, 1, 1] * 10, [0.2] * 40, [0.5] * 40)]
+    a, b = cm.replay(long, "adasd", C, t_g=math.inf, js_accept=False, k_max=4), cm.replay(long, "sd", C, k=4)
+    assert (a.tokens, a.rounds, a.draft_steps, a.seconds) == (b.tokens, b.rounds, b.draft_steps, b.seconds)

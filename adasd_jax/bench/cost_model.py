@@ -88,21 +88,29 @@ def best_k(alpha: float, c: Costs) -> int:
     return max(range(1, K_MAX + 1), key=rate)
 
 
-def thresholds(acc_d, rej_d, rej_e) -> tuple[float, float]:
-    """(T_G, T_V) from [sum, count] pairs: mean rejected entropy (+inf before any rejection), and the midpoint of
-    the mean accepted and rejected JS distances (0 until both exist)."""
-    t_g = rej_e[0] / rej_e[1] if rej_e[1] else math.inf
+def thresholds(acc_d, rej_d, rej_e, acc_e=(0.0, 0), t_g_rule: str = "mean") -> tuple[float, float]:
+    """(T_G, T_V) from [sum, count] pairs. T_G: the mean rejected entropy (the spec), or with `t_g_rule="midpoint"`
+    the midpoint of the mean accepted and mean rejected entropies (T_V's rule applied to entropies); +inf before any
+    rejection (midpoint: until both exist). T_V: the midpoint of the mean accepted and rejected JS distances, 0
+    until both exist."""
+    if t_g_rule == "midpoint":
+        t_g = (acc_e[0] / acc_e[1] + rej_e[0] / rej_e[1]) / 2 if acc_e[1] and rej_e[1] else math.inf
+    else:
+        t_g = rej_e[0] / rej_e[1] if rej_e[1] else math.inf
     t_v = (acc_d[0] / acc_d[1] + rej_d[0] / rej_d[1]) / 2 if acc_d[1] and rej_d[1] else 0.0
     return t_g, t_v
 
 
 def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: bool = True,
-           sampling: bool = False, seed: int = 0, k_max: int = K_MAX, propose_declined: bool = False) -> Replay:
+           sampling: bool = False, seed: int = 0, k_max: int = K_MAX, propose_declined: bool = False,
+           t_g_rule: str = "mean", t_g: float | None = None, js_accept: bool = True) -> Replay:
     """One policy over every problem in order, the AdaSD threshold state carried across problems (pooled sums).
-    `propose_declined`: the token the entropy check stopped at is proposed too (its draft step is paid anyway)."""
+    `propose_declined`: the token the entropy check stopped at is proposed too (its draft step is paid anyway).
+    `t_g_rule`: see `thresholds`. `t_g`: a fixed generation threshold instead of the adaptive one (a sweep of it
+    bounds what any constant entropy stop can do). `js_accept=False`: strict verdicts only (lossless)."""
     rng = np.random.default_rng(seed)
     adaptive = policy in ("adasd", "adasd+cap")
-    acc_d, rej_d, rej_e = [0.0, 0], [0.0, 0], [0.0, 0]  # sums and counts: accepted / rejected JS, rejected entropy
+    acc_d, rej_d, rej_e, acc_e = [0.0, 0], [0.0, 0], [0.0, 0], [0.0, 0]  # sums, counts: JS and entropy by verdict
     strict_seen = [0, 0]
     tokens = rounds = proposals = steps = lossy = 0
     seconds = 0.0
@@ -110,21 +118,21 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
     def record(j, strict, s):
         (acc_d if strict else rej_d)[0] += s["d"][j]
         (acc_d if strict else rej_d)[1] += 1
-        if not strict:
-            rej_e[0] += s["e"][j]
-            rej_e[1] += 1
+        (acc_e if strict else rej_e)[0] += s["e"][j]
+        (acc_e if strict else rej_e)[1] += 1
 
     for s in seqs:
         n, t = len(s["d"]), 0
         verdicts = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
         while t < n:
-            t_g, t_v = thresholds(acc_d, rej_d, rej_e)
+            t_g_now, t_v = thresholds(acc_d, rej_d, rej_e, acc_e, t_g_rule)
+            t_g_now, t_v = (t_g_now if t_g is None else t_g), (t_v if js_accept else 0.0)
             cap = buffer = k if policy == "sd" else k_max  # buffer: the static draft buffer the widths come from
             if policy == "adasd+cap":
                 cap = best_k((strict_seen[0] + 1) / (strict_seen[1] + 2), c)
             proposed, declined = 0, None
             while proposed < cap and t + proposed < n:
-                if adaptive and s["e"][t + proposed] > t_g:
+                if adaptive and s["e"][t + proposed] > t_g_now:
                     declined = t + proposed
                     break
                 proposed += 1
@@ -151,15 +159,22 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
             proposals += proposed
             steps += round_steps
             t += accepted + 1
-    return Replay(tokens, rounds, proposals, steps, lossy, seconds, *thresholds(acc_d, rej_d, rej_e))
+    t_g_end, t_v_end = thresholds(acc_d, rej_d, rej_e, acc_e, t_g_rule)
+    return Replay(tokens, rounds, proposals, steps, lossy, seconds, t_g_end if t_g is None else t_g,
+                  t_v_end if js_accept else 0.0)
 
 
-POLICIES = [("sd:K=2", "sd", {"k": 2}), ("sd:K=4", "sd", {"k": 4}), ("sd:K=8", "sd", {"k": 8}), ("adasd", "adasd", {}),
+# K = 1 and 3 are outside the issues' {2, 4, 8} but belong in "the best fixed K": with a weak draft K = 1 wins, and
+# AdaSD with propose_declined=1 and a low T_G is sd:K=1
+POLICIES = [("sd:K=1", "sd", {"k": 1}), ("sd:K=2", "sd", {"k": 2}), ("sd:K=3", "sd", {"k": 3}), ("sd:K=4", "sd", {"k": 4}),
+            ("sd:K=8", "sd", {"k": 8}), ("adasd", "adasd", {}),
             ("adasd:count_declined=0", "adasd", {"count_declined": False}), ("adasd+cap (proposal)", "adasd+cap", {}),
             ("adasd:propose_declined=1", "adasd", {"propose_declined": True}),
             ("adasd:k_max=15", "adasd", {"k_max": 15}),
             ("adasd:k_max=15,propose_declined=1", "adasd", {"k_max": 15, "propose_declined": True}),
-            ("adasd:k_max=7,propose_declined=1", "adasd", {"k_max": 7, "propose_declined": True})]
+            ("adasd:k_max=7,propose_declined=1", "adasd", {"k_max": 7, "propose_declined": True}),
+            ("adasd:t_g_rule=midpoint", "adasd", {"t_g_rule": "midpoint"}),
+            ("adasd:t_g_rule=midpoint,propose_declined=1", "adasd", {"t_g_rule": "midpoint", "propose_declined": True})]
 
 
 def table(seqs, c: Costs, sampling: bool = False) -> dict[str, Replay]:
@@ -190,6 +205,9 @@ def main(argv=None) -> int:
                     "--verify-ms-per-token")
     ap.add_argument("--sampling", action="store_true", help="draw verdicts with probability a (temperature 1)")
     ap.add_argument("--scan", help="comma-separated draft-step costs in ms: AdaSD over the best fixed K at each")
+    ap.add_argument("--sweep-t-g", help="comma-separated fixed generation thresholds (nats): AdaSD with T_G held at "
+                    "each (T_V adaptive as in the spec), over the best fixed K; the best of them bounds what a "
+                    "constant entropy stop can do on these positions")
     a = ap.parse_args(argv)
     seqs = load(a.stats)
     if a.scan:
@@ -201,8 +219,19 @@ def main(argv=None) -> int:
             print(f"{ms:8.1f}  {ms / a.verify_ms:12.2f}  {best:9s}  {x['adasd']:15.3f}  "
                   f"{x['adasd:count_declined=0']:22.3f}  {x['adasd+cap (proposal)']:20.3f}")
         return 0
-    r = table(seqs, Costs(a.draft_ms, a.verify_ms, a.verify_ms_per_token, a.verify_rows), a.sampling)
+    c = Costs(a.draft_ms, a.verify_ms, a.verify_ms_per_token, a.verify_rows)
+    r = table(seqs, c, a.sampling)
     best, ar = best_sd(r), 1e3 / a.verify_ms
+    if a.sweep_t_g:
+        variants = {"spec": {}, "propose_declined=1": {"propose_declined": True},
+                    "k_max=7,propose_declined=1": {"k_max": 7, "propose_declined": True}}
+        print(f"AdaSD with T_G fixed, x the best fixed K ({best}); tokens per target call in brackets")
+        print("fixed T_G  " + "  ".join(f"{v:>26s}" for v in variants))
+        for t_g in (float(x) for x in a.sweep_t_g.split(",")):
+            xs = [replay(seqs, "adasd", c, sampling=a.sampling, t_g=t_g, **kw) for kw in variants.values()]
+            print(f"{t_g:9.2f}  " + "  ".join(
+                f"{x.tokens_per_s / r[best].tokens_per_s:19.3f} ({x.tokens / x.rounds:4.2f})" for x in xs))
+        return 0
     print(f"{len(seqs)} problems, {sum(len(s['d']) for s in seqs)} positions; ar {ar:.2f} tok/s (cost model)")
     for n, x in r.items():
         print(f"{n:24s} {x.tokens_per_s:6.2f} tok/s  {x.tokens_per_s / ar:.2f}x ar  "
