@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import fetch, loop, sharding
+from adasd_jax import fetch, loop, policies, sharding
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
 from adasd_jax.state import ThresholdState, Trace
@@ -339,11 +339,11 @@ def _initial_thresholds(pair, m, given, reset_state, batch, explicit):
     return thresholds
 
 
-def _row_metrics(s) -> dict[str, np.ndarray]:
+def _row_metrics(m: Method, s) -> dict[str, np.ndarray]:
     mt = jax.tree.map(np.asarray, s.metrics)
     row = {f.name: getattr(mt, f.name) for f in dataclasses.fields(mt)}
     B = len(row["new_tokens"])
-    row["t_g"] = np.broadcast_to(np.asarray(s.method.thresholds.t_g), (B,)).astype(np.float32)
+    row["t_g"] = np.broadcast_to(np.asarray(policies.t_g(m, s.method.thresholds)), (B,)).astype(np.float32)
     row["t_v"] = np.broadcast_to(np.asarray(s.method.thresholds.t_v), (B,)).astype(np.float32)
     return row
 
@@ -393,7 +393,7 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
         thresholds = s.method.thresholds
         out, new = np.asarray(s.out), np.asarray(s.metrics.new_tokens)
         tokens += [out[b, :new[b]].tolist() for b in range(B)]
-        rows.append(_row_metrics(s))
+        rows.append(_row_metrics(m, s))
         if trace:
             traces.append(jax.tree.map(np.asarray, s.trace))
     return _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s)
@@ -479,7 +479,7 @@ class Stream:
                 break
             s = step(pair.target.params, pd, lc, s)
         elapsed = time.perf_counter() - t  # includes compilation on a first call
-        self.output = _finish(pair, m, [np.asarray(s.out[0, :shown]).tolist()], [_row_metrics(s)],
+        self.output = _finish(pair, m, [np.asarray(s.out[0, :shown]).tolist()], [_row_metrics(m, s)],
                               s.method.thresholds, [], 0.0, elapsed)
 
 

@@ -319,7 +319,7 @@ def round_step(pt, pd, lc: LoopConfig, s: LoopState) -> LoopState:
         at = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, s.step, 0)
         trace = Trace(draft_len=at(trace.draft_len, w(n)), accepted=at(trace.accepted, w(a)),
                       entropy=at(trace.entropy, info["ent"]), js=at(trace.js, info["d"]),
-                      t_g=at(trace.t_g, jnp.broadcast_to(thresholds.t_g, (B,))), t_v=at(trace.t_v, t_v))
+                      t_g=at(trace.t_g, jnp.broadcast_to(policies.t_g(m, thresholds), (B,))), t_v=at(trace.t_v, t_v))
     return _constrain(lc, LoopState(target_cache=tcache, draft_cache=dcache, last=jnp.where(live, y, s.last),
                                     pending=pending, n_pending=n_pend, out=out, done=done, method=mstate,
                                     metrics=metrics, key=key, step=s.step + 1, trace=trace))

@@ -30,6 +30,7 @@ class Method:
     count_declined: bool = True  # adasd: verdict on the token the entropy rule declined
     propose_declined: bool = False  # adasd/adaedl: still propose the token whose entropy stopped drafting (not the spec)
     entropy_stop: bool = True  # adasd ablation: T_G (off: draft k_max)
+    t_g_rule: str = "mean"  # adasd: T_G = mean rejected entropy (the spec), or "midpoint" of accepted and rejected (not the spec)
     js_accept: bool = True  # adasd ablation: T_V (off: strict acceptance only)
     per_row: bool = False  # adasd: one threshold state per row instead of pooled over the batch
     draft_vocab: int = 0  # any drafting method: the draft scores only the pair's N most frequent tokens (0: all)
@@ -39,6 +40,8 @@ class Method:
             raise ValueError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
         if self.stats_on not in ("strict", "final"):
             raise ValueError(f"stats_on must be 'strict' or 'final', got {self.stats_on!r}")
+        if self.t_g_rule not in ("mean", "midpoint"):
+            raise ValueError(f"t_g_rule must be 'mean' (the spec) or 'midpoint', got {self.t_g_rule!r}")
         if not 1 <= self.k_max <= 64 or not 1 <= self.k <= self.k_max:
             raise ValueError(f"need 1 <= k <= k_max <= 64, got k={self.k}, k_max={self.k_max}")
         if self.draft_vocab < 0:
@@ -96,10 +99,15 @@ def draft_cap(m: Method, s: MethodState) -> jax.Array:
     return jnp.full_like(s.draft_len, m.cap)
 
 
+def t_g(m: Method, t: ThresholdState) -> jax.Array:
+    """The generation threshold in force under the method's rule."""
+    return t.t_g_midpoint if m.t_g_rule == "midpoint" else t.t_g
+
+
 def stop_drafting(m: Method, s: MethodState, ent: jax.Array) -> jax.Array:
     """Entropy rules, bool [B]: True means the token with draft entropy `ent` is not proposed."""
     if m.name == "adasd" and m.entropy_stop:
-        return ent > s.thresholds.t_g
+        return ent > t_g(m, s.thresholds)
     if m.name == "adaedl":
         return 1.0 - jnp.sqrt(EDL_GAMMA * ent) < s.edl_lambda
     return jnp.zeros(ent.shape, bool)
@@ -125,7 +133,8 @@ def threshold_contribution(m: Method, verdict: jax.Array, d: jax.Array, ent: jax
     good, bad = counted & verdict, counted & ~verdict
     f = lambda x, w: jnp.sum(jnp.where(w, x, 0.0))
     return ThresholdState(acc_sum=f(d, good), acc_n=good.sum().astype(jnp.int32), rej_sum=f(d, bad),
-                          rej_n=bad.sum().astype(jnp.int32), ent_sum=f(ent, bad), ent_n=bad.sum().astype(jnp.int32))
+                          rej_n=bad.sum().astype(jnp.int32), ent_sum=f(ent, bad), ent_n=bad.sum().astype(jnp.int32),
+                          acc_ent_sum=f(ent, good))
 
 
 def add_contributions(m: Method, t: ThresholdState, rows: ThresholdState, live: jax.Array) -> ThresholdState:

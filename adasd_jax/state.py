@@ -21,16 +21,25 @@ class ThresholdState:
     rej_n: jax.Array  # i32
     ent_sum: jax.Array  # f32: draft entropies (nats) of rejected tokens
     ent_n: jax.Array  # i32
+    acc_ent_sum: jax.Array  # f32: draft entropies of accepted tokens (count: acc_n); only t_g_rule="midpoint" reads it
 
     @classmethod
     def init(cls, shape=()) -> "ThresholdState":
         f, i = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32)
-        return cls(acc_sum=f, acc_n=i, rej_sum=f, rej_n=i, ent_sum=f, ent_n=i)
+        return cls(acc_sum=f, acc_n=i, rej_sum=f, rej_n=i, ent_sum=f, ent_n=i, acc_ent_sum=f)
 
     @property
     def t_g(self) -> jax.Array:
         """Generation threshold: mean entropy of rejected tokens, +inf while there are none."""
         return jnp.where(self.ent_n > 0, self.ent_sum / jnp.maximum(self.ent_n, 1), jnp.inf)
+
+    @property
+    def t_g_midpoint(self) -> jax.Array:
+        """Not the spec's T_G: the midpoint of the accepted and rejected mean entropies (T_V's rule on entropies),
+        +inf until both exist."""
+        both = (self.acc_n > 0) & (self.ent_n > 0)
+        mid = 0.5 * (self.acc_ent_sum / jnp.maximum(self.acc_n, 1) + self.t_g)
+        return jnp.where(both, mid, jnp.inf)
 
     @property
     def t_v(self) -> jax.Array:

@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.extend
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import chisquare
@@ -128,6 +129,28 @@ def test_propose_declined_proposes_the_stopping_token(tiny_pair, prompts, temper
             np.testing.assert_array_equal(m1[k], sd1.metrics[k])
     with pytest.raises(ValueError, match="propose_declined applies to"):
         Method.parse("sd:K=4,propose_declined=1")
+
+
+def test_midpoint_t_g_rule_stops_where_the_mean_would_not(tiny_pair, prompts):
+    """t_g_rule=midpoint (not the spec) reads the accepted tokens' entropies: a state whose rejected mean is +100
+    nats (the spec's T_G never stops) but whose midpoint with an accepted mean of -100 is 0 declines every token
+    (counts of a million keep the means where they are while the generation adds its own statistics)."""
+    from adasd_jax.state import ThresholdState
+
+    n = jnp.int32(10**6)
+    state = ThresholdState.init().replace(ent_sum=jnp.float32(1e8), ent_n=n, acc_ent_sum=jnp.float32(-1e8), acc_n=n)
+    kw = dict(max_new_tokens=MAX_NEW, state=state)
+    mean = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6", **kw)
+    mid = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6,t_g_rule=midpoint", **kw)
+    assert (mean.metrics["drafted"] > 0).all() and (mean.metrics["declined"] == 0).all()
+    assert (mid.metrics["drafted"] == 0).all() and (mid.metrics["declined"] == mid.metrics["rounds"]).all()
+    assert mid.tokens == adasd_jax.generate(tiny_pair, prompts, method="ar", max_new_tokens=MAX_NEW).tokens
+    # the reported T_G is the midpoint of the returned state's means
+    s = mid.state
+    want = (float(s.acc_ent_sum) / int(s.acc_n) + float(s.ent_sum) / int(s.ent_n)) / 2
+    np.testing.assert_allclose(mid.metrics["t_g"], want, atol=1e-5)  # float32 means near 0: absolute
+    with pytest.raises(ValueError, match="t_g_rule must be"):
+        Method.parse("adasd:t_g_rule=median")
 
 
 @pytest.mark.parametrize("method", ["ar", "sd:K=4", "dynamic", "adaedl", "fsd:tau=0.3", "adasd:per_row=1"])

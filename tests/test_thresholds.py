@@ -23,17 +23,17 @@ def softmax(x):
 
 
 def reference_round(p_logits, q_logits, props, n, declined, t_v, stats_on, count_declined):
-    """Spec steps 2-4 for one row, greedy: returns (accepted prefix, emitted, A, R, E)."""
+    """Spec steps 2-4 for one row, greedy: returns (accepted prefix, emitted, A, R, E, EA); EA, the accepted
+    tokens' entropies, feeds only the midpoint T_G (not the spec)."""
     p, q = softmax(p_logits.astype(np.float64)), softmax(q_logits.astype(np.float64))
     d = [jensenshannon(p[i], q[i], base=2) for i in range(K + 1)]
     H = [-(q[i] * np.log(q[i])).sum() for i in range(K + 1)]
-    A, R, E = [], [], []
+    A, R, E, EA = [], [], [], []
 
     def record(i, strict, final):
         good = strict if stats_on == "strict" else final
         (A if good else R).append(d[i])
-        if not good:
-            E.append(H[i])
+        (EA if good else E).append(H[i])
 
     a = n
     for i in range(n):
@@ -48,7 +48,7 @@ def reference_round(p_logits, q_logits, props, n, declined, t_v, stats_on, count
         strict = x == p[n].argmax()
         record(n, strict, strict or d[n] < t_v)
     emitted = list(props[:a]) + [int(p[a].argmax())]
-    return a, emitted, A, R, E
+    return a, emitted, A, R, E, EA
 
 
 def random_round(rng):
@@ -60,37 +60,40 @@ def random_round(rng):
     return p_logits.astype(np.float32), q_logits.astype(np.float32), props.astype(np.int32), n, declined
 
 
-@pytest.mark.parametrize("stats_on", ["strict", "final"])
-@pytest.mark.parametrize("count_declined", [True, False])
-def test_round_statistics_match_reference(stats_on, count_declined):
-    m = Method("adasd", k_max=K, stats_on=stats_on, count_declined=count_declined)
+@pytest.mark.parametrize("stats_on,count_declined,t_g_rule", [
+    ("strict", True, "mean"), ("strict", False, "mean"), ("final", True, "mean"), ("final", False, "mean"),
+    ("strict", True, "midpoint"), ("final", False, "midpoint")])
+def test_round_statistics_match_reference(stats_on, count_declined, t_g_rule):
+    m = Method("adasd", k_max=K, stats_on=stats_on, count_declined=count_declined, t_g_rule=t_g_rule)
     c = models.Config(model_type="llama", vocab_size=V, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
                       head_dim=8, intermediate_size=8)
     lc = LoopConfig(target=c, draft=c, method=m, vocab=V)
     row = jax.jit(functools.partial(accept_row, lc))
     rng = np.random.default_rng(0)
     state = ThresholdState.init()
-    sums = dict(A=[], R=[], E=[])
+    sums = dict(A=[], R=[], E=[], EA=[])
     seen_lossy = seen_reject = 0
     for _ in range(60):
         p_l, q_l, props, n, declined = random_round(rng)
         t_v = float(np.asarray(state.t_v))
         emitted, a, contrib, info = row(p_l, q_l, props, n, declined, t_v, jax.random.key(0))
-        ra, remitted, A, R, E = reference_round(p_l, q_l, props, n, declined, t_v, stats_on, count_declined)
+        ra, remitted, A, R, E, EA = reference_round(p_l, q_l, props, n, declined, t_v, stats_on, count_declined)
         assert int(a) == ra
         assert list(np.asarray(emitted)[: ra + 1]) == remitted
-        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.ent_sum], [sum(A), sum(R), sum(E)],
-                                   atol=1e-4)
+        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.ent_sum, contrib.acc_ent_sum],
+                                   [sum(A), sum(R), sum(E), sum(EA)], atol=1e-4)
         assert (int(contrib.acc_n), int(contrib.rej_n), int(contrib.ent_n)) == (len(A), len(R), len(E))
         state = policies.add_contributions(m, state, jax.tree.map(lambda x: x[None], contrib), jnp.ones((1,), bool))
-        for k, v in zip("ARE", (A, R, E)):
+        for k, v in dict(A=A, R=R, E=E, EA=EA).items():
             sums[k] += v
         seen_lossy += int(info["lossy"])
         seen_reject += ra < n
         # thresholds after the round: exactly the spec's formulas over everything seen so far
         want_tg = np.mean(sums["E"]) if sums["E"] else np.inf
+        if t_g_rule == "midpoint":
+            want_tg = (np.mean(sums["EA"]) + want_tg) / 2 if sums["EA"] and sums["E"] else np.inf
         want_tv = (np.mean(sums["A"]) + np.mean(sums["R"])) / 2 if sums["A"] and sums["R"] else 0.0
-        np.testing.assert_allclose(float(state.t_g), want_tg, rtol=1e-5)
+        np.testing.assert_allclose(float(policies.t_g(m, state)), want_tg, rtol=1e-5)
         np.testing.assert_allclose(float(state.t_v), want_tv, rtol=1e-5, atol=1e-7)
     assert seen_lossy > 0 and seen_reject > 0  # both lossy acceptance and rejection were exercised
 
@@ -99,7 +102,8 @@ def test_pooled_statistics_are_the_sum_of_rows():
     rng = np.random.default_rng(1)
     rows = ThresholdState(acc_sum=jnp.asarray(rng.random(4), jnp.float32), acc_n=jnp.asarray([1, 2, 0, 3]),
                           rej_sum=jnp.asarray(rng.random(4), jnp.float32), rej_n=jnp.asarray([0, 1, 1, 2]),
-                          ent_sum=jnp.asarray(rng.random(4), jnp.float32), ent_n=jnp.asarray([0, 1, 1, 2]))
+                          ent_sum=jnp.asarray(rng.random(4), jnp.float32), ent_n=jnp.asarray([0, 1, 1, 2]),
+                          acc_ent_sum=jnp.asarray(rng.random(4), jnp.float32))
     live = jnp.asarray([True, True, False, True])
     pooled = policies.add_contributions(Method("adasd"), ThresholdState.init(), rows, live)
     per_row = policies.add_contributions(Method("adasd", per_row=True), ThresholdState.init((4,)), rows, live)
@@ -113,6 +117,10 @@ def test_empty_state_thresholds():
     assert float(s.t_g) == np.inf and float(s.t_v) == 0.0
     s = s.replace(acc_sum=jnp.float32(0.2), acc_n=jnp.int32(2))
     assert float(s.t_v) == 0.0  # rejected set still empty: lossy acceptance stays off
+    assert float(s.t_g_midpoint) == np.inf  # the midpoint T_G needs a rejection too
+    s = s.replace(acc_ent_sum=jnp.float32(0.4), ent_sum=jnp.float32(3.0), ent_n=jnp.int32(2))
+    assert float(s.t_g) == 1.5 and float(s.t_g_midpoint) == pytest.approx((0.2 + 1.5) / 2)
+    assert float(ThresholdState.init().replace(ent_sum=jnp.float32(3.0), ent_n=jnp.int32(2)).t_g_midpoint) == np.inf
 
 
 def test_adaedl_and_dynamic_updates():
