@@ -139,7 +139,7 @@ def test_midpoint_t_g_rule_stops_where_the_mean_would_not(tiny_pair, prompts):
 
     n = jnp.int32(10**6)
     state = ThresholdState.init().replace(ent_sum=jnp.float32(1e8), ent_n=n, acc_ent_sum=jnp.float32(-1e8), acc_n=n)
-    kw = dict(max_new_tokens=MAX_NEW, state=state)
+    kw = {"max_new_tokens": MAX_NEW, "state": state}
     mean = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6", **kw)
     mid = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6,t_g_rule=midpoint", **kw)
     assert (mean.metrics["drafted"] > 0).all() and (mean.metrics["declined"] == 0).all()

@@ -84,7 +84,7 @@ def test_round_statistics_match_reference(stats_on, count_declined, t_g_rule):
                                    [sum(A), sum(R), sum(E), sum(EA)], atol=1e-4)
         assert (int(contrib.acc_n), int(contrib.rej_n), int(contrib.ent_n)) == (len(A), len(R), len(E))
         state = policies.add_contributions(m, state, jax.tree.map(lambda x: x[None], contrib), jnp.ones((1,), bool))
-        for k, v in dict(A=A, R=R, E=E, EA=EA).items():
+        for k, v in {"A": A, "R": R, "E": E, "EA": EA}.items():
             sums[k] += v
         seen_lossy += int(info["lossy"])
         seen_reject += ra < n
