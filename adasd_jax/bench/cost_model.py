@@ -115,6 +115,10 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
     tokens = rounds = proposals = steps = lossy = 0
     seconds = 0.0
 
+    def in_force() -> tuple[float, float]:  # (T_G, T_V) under the switches: a fixed T_G, T_V off
+        t_g_now, t_v = thresholds(acc_d, rej_d, rej_e, acc_e, t_g_rule)
+        return (t_g_now if t_g is None else t_g), (t_v if js_accept else 0.0)
+
     def record(j, strict, s):
         (acc_d if strict else rej_d)[0] += s["d"][j]
         (acc_d if strict else rej_d)[1] += 1
@@ -125,8 +129,7 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
         n, t = len(s["d"]), 0
         verdicts = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
         while t < n:
-            t_g_now, t_v = thresholds(acc_d, rej_d, rej_e, acc_e, t_g_rule)
-            t_g_now, t_v = (t_g_now if t_g is None else t_g), (t_v if js_accept else 0.0)
+            t_g_now, t_v = in_force()
             cap = buffer = k if policy == "sd" else k_max  # buffer: the static draft buffer the widths come from
             if policy == "adasd+cap":
                 cap = best_k((strict_seen[0] + 1) / (strict_seen[1] + 2), c)
@@ -159,9 +162,7 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
             proposals += proposed
             steps += round_steps
             t += accepted + 1
-    t_g_end, t_v_end = thresholds(acc_d, rej_d, rej_e, acc_e, t_g_rule)
-    return Replay(tokens, rounds, proposals, steps, lossy, seconds, t_g_end if t_g is None else t_g,
-                  t_v_end if js_accept else 0.0)
+    return Replay(tokens, rounds, proposals, steps, lossy, seconds, *in_force())
 
 
 # K = 1 and 3 are outside the issues' {2, 4, 8} but belong in "the best fixed K": with a weak draft K = 1 wins, and
