@@ -49,6 +49,11 @@ def test_humaneval_runner_pass_fail_and_timeout():
     t = time.perf_counter()
     ok, result = execution.passes(HE_PROMPT, "    while True:\n        pass\n", HE_TEST, "add", timeout=1.5)
     assert (ok, result) == (False, "timed out") and time.perf_counter() - t < 10
+    # a sleeping loop spends no CPU time, so only the wall-clock timeout's kill stops it
+    t = time.perf_counter()
+    ok, result = execution.passes(HE_PROMPT, "    import time\n    while True:\n        time.sleep(0.05)\n", HE_TEST,
+                                  "add", timeout=1.5)
+    assert (ok, result) == (False, "timed out") and time.perf_counter() - t < 10
     # the harness's guard disables process-level side effects inside the candidate program
     ok, result = execution.passes(HE_PROMPT, "    import os; os.system('true')\n    return a + b\n", HE_TEST, "add")
     assert not ok and "NoneType" in result
