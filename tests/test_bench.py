@@ -245,6 +245,32 @@ def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_run_interleaves_methods_times_compilation_apart_scores_and_shows_progress(loaded, monkeypatch, capsys):
+    """runner.run rotates the method order per batch of problems (drift hits every method alike), keeps each first
+    call's compilation out of its run time, scores every record, and shows a running tokens/s per method."""
+    pair = loaded[2]
+    questions = ["w5 w40 w7", "w6 w41 w7", "w9 w44 w7"]
+    first = engine.generate(pair, [q + datasets.GSM8K_INSTRUCTION for q in questions[:1]], method="ar",
+                            max_new_tokens=8)
+    gold = datasets.extract_answer(first.texts[0])  # the tiny pair's words (w37) carry numbers
+    assert gold is not None
+    problems = [datasets.Problem(id=f"gsm8k/{i}", prompt=q + datasets.GSM8K_INSTRUCTION,
+                                 answer=f"w\n#### {gold if i == 0 else -1}", chat=True) for i, q in enumerate(questions)]
+    calls = []
+    real = runner._jax_records
+    monkeypatch.setattr(runner, "_jax_records", lambda p, chunk, spec, *a: calls.append(spec) or real(p, chunk, spec, *a))
+    pair = dataclasses.replace(pair, compiled={}, states={})
+    recs = runner.run(pair, problems, ["ar", "sd:K=3", "adasd"], max_new_tokens=8, progress=True)
+    assert calls == ["ar", "sd:K=3", "adasd", "sd:K=3", "adasd", "ar", "adasd", "ar", "sd:K=3"]
+    for m in ("ar", "sd:K=3"):  # lossless in float32: problem 0's answer is right, the others' (-1) wrong
+        assert [r["correct"] for r in recs[m]] == [True, False, False]
+    for rs in recs.values():
+        assert rs[0]["compile_s"] > 0 and rs[0]["run_s"] < rs[0]["compile_s"] / 4  # compiled apart, not timed
+        assert all(r["compile_s"] == 0 for r in rs[1:])  # one prompt bucket: compiled once
+    bar = capsys.readouterr().err
+    assert "9/9" in bar and all(f"{m} " in bar for m in recs) and "tok/s" in bar
+
+
 def test_bench_records_the_commit_it_started_from(loaded, tmp_path, monkeypatch):
     """A long run must not record a commit made while it ran: the code it imported is the one it started with."""
     reads = iter(["started-at", "committed-meanwhile"])
