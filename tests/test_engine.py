@@ -189,8 +189,21 @@ def test_state_is_explicit_and_carried(tiny_pair, prompts):
     explicit = adasd_jax.generate(tiny_pair, prompts, method="adasd", max_new_tokens=MAX_NEW, state=first.state)
     assert carried.tokens == explicit.tokens
     assert int(carried.state.acc_n) > int(first.state.acc_n)  # statistics accumulate across calls
+    # the carried state changes the rounds (greedy tokens stay the target's here), so a reset can be seen
+    assert (carried.metrics["drafted"] != first.metrics["drafted"]).any()
     fresh = adasd_jax.generate(tiny_pair, prompts, method="adasd", max_new_tokens=MAX_NEW, reset_state=True)
     assert fresh.tokens == first.tokens
+    for k in ("drafted", "accepted", "rounds"):
+        np.testing.assert_array_equal(fresh.metrics[k], first.metrics[k])
+    # a per-row state carried from another batch size starts afresh; given explicitly, it is refused
+    per_row = adasd_jax.generate(tiny_pair, prompts, method="adasd:per_row=1", max_new_tokens=MAX_NEW,
+                                 reset_state=True)
+    two = [adasd_jax.generate(tiny_pair, prompts[:2], method="adasd:per_row=1", max_new_tokens=MAX_NEW, **kw)
+           for kw in ({}, {"reset_state": True})]
+    jax.tree.map(np.testing.assert_array_equal, two[0].state, two[1].state)
+    assert two[0].state.acc_n.shape == (2,) and per_row.state.acc_n.shape == (3,)
+    with pytest.raises(ValueError, match=r"per_row threshold state has shape \(3,\), batch is 2"):
+        adasd_jax.generate(tiny_pair, prompts[:2], method="adasd:per_row=1", state=per_row.state)
 
 
 def test_same_key_same_output_sampling(tiny_pair, prompts):
@@ -443,6 +456,35 @@ def test_nan_logits_are_reported_not_emitted(tiny_pair, prompts):
     with pytest.raises(adasd_jax.NaNLogitsError, match=r"NaN logits in rows \[0, 1, 2\]") as e:
         adasd_jax.generate(bad, prompts, method="sd", max_new_tokens=8)
     assert all(t == [] for t in e.value.output.tokens)
+
+
+def test_nan_logits_mid_generation_stop_their_row(tiny_pair, prompts, ar_ref):
+    """NaN logits met during the rounds, not at the prefill. From the draft: every row stops with only its prefill
+    token, nothing drafted from NaN emitted. From the target: a token whose embedding is NaN (in the target only)
+    is emitted by the row that reaches it, whose next verification then yields NaN; that row stops there, and the
+    other rows, which never meet the token, equal `ar`."""
+    params = dict(tiny_pair.draft.params, final_norm=tiny_pair.draft.params["final_norm"].at[0].set(np.nan))
+    bad = dataclasses.replace(tiny_pair, draft=Model(tiny_pair.draft.config, params, "nan"), states={}, compiled={})
+    for method in ("sd:K=3", "adasd"):
+        with pytest.raises(adasd_jax.NaNLogitsError, match=r"NaN logits in rows \[0, 1, 2\]") as e:
+            adasd_jax.generate(bad, prompts, method=method, max_new_tokens=MAX_NEW)
+        assert e.value.output.tokens == [t[:1] for t in ar_ref.tokens]
+    others = {t for b in (1, 2) for t in prompts[b] + ar_ref.tokens[b]} | set(prompts[0])
+    row = ar_ref.tokens[0]
+    i = next(i for i, t in enumerate(row) if i > 0 and t not in others and row.index(t) == i)  # its first time
+    embed = tiny_pair.target.params["embed"]
+    params = dict(tiny_pair.target.params, embed=embed.at[ar_ref.tokens[0][i]].set(np.nan))
+    bad = dataclasses.replace(tiny_pair, target=Model(tiny_pair.target.config, params, "nan"), states={},
+                              compiled={})
+    for method in ("ar", "sd:K=3"):
+        with pytest.raises(adasd_jax.NaNLogitsError, match=r"NaN logits in rows \[0\]") as e:
+            adasd_jax.generate(bad, prompts, method=method, max_new_tokens=MAX_NEW)
+        got = e.value.output.tokens
+        assert got[1:] == ar_ref.tokens[1:]
+        if method == "ar":
+            assert got[0] == ar_ref.tokens[0][:i + 1]
+        else:  # a proposal of the token may meet the NaN first, in a verification whose tokens are then dropped
+            assert got[0] == ar_ref.tokens[0][:len(got[0])] and len(got[0]) <= i + 1
 
 
 def test_draft_layers_cut_a_model_into_its_own_shallow_draft(hf_pair):
