@@ -520,6 +520,34 @@ def test_vocabulary_mismatch_is_refused(hf_models, tmp_path):
         adasd_jax.load_pair(draft=bigger, target=hf_models["llama"])
 
 
+def test_vocabularies_that_differ_by_padding_rows_map_to_the_tokenizer(hf_pair, tmp_path):
+    """Checkpoints of one family often pad their vocabulary differently (Qwen2.5: 151,936 rows for 0.5B-3B, 152,064
+    for 7B, over a 151,665-token tokenizer). A draft padded from 96 to 128 rows pairs with its 96-row target over
+    the shared 96: the same tokens and acceptance as the unpadded draft. A draft with fewer rows than the tokenizer
+    has tokens is refused."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    draft, target = map(str, hf_pair)
+    for rows in (128, 64):
+        model = AutoModelForCausalLM.from_pretrained(draft, dtype=torch.float32)
+        model.resize_token_embeddings(rows, mean_resizing=False)
+        with torch.no_grad():  # loud padding rows: a draft that scored them would propose nothing else
+            model.lm_head.weight[96:] = 5 * model.lm_head.weight[:max(rows - 96, 0)]
+        model.save_pretrained(tmp_path / str(rows))
+        AutoTokenizer.from_pretrained(draft).save_pretrained(tmp_path / str(rows))
+    padded = adasd_jax.load_pair(draft=str(tmp_path / "128"), target=target)
+    assert padded.draft.config.vocab_size == 128 and padded.vocab == 96
+    plain = adasd_jax.load_pair(draft=draft, target=target)
+    for method in ("sd:K=3", "adasd"):
+        a, b = (adasd_jax.generate(p, ["w5 w9 w13", "w40 w3"], method=method, max_new_tokens=12, chat=False)
+                for p in (plain, padded))
+        assert a.tokens == b.tokens and (a.metrics["accepted"] == b.metrics["accepted"]).all()
+    with pytest.raises(ValueError, match=r"draft vocabulary \(64\) and target vocabulary \(96\) differ beyond "
+                                         r"padding rows"):
+        adasd_jax.load_pair(draft=str(tmp_path / "64"), target=target)
+
+
 def test_real_weights_sd_and_adasd(smollm2):
     """Real SmolLM2-135M with a self-speculative draft (its first 20 layers): chat prompts, greedy SD == AR."""
     import models
