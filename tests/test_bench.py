@@ -68,6 +68,9 @@ def test_humaneval_runner_pass_fail_and_timeout():
     ("```\nimport math\n\ndef add(a, b):\n    return math.fsum([a, b])\n\nprint(add(1, 2))\n```",
      "\nimport math\n\ndef add(a, b):\n    return math.fsum([a, b])\n"),
     ("```python\ndef add(a, b):\n    return a + b", "\ndef add(a, b):\n    return a + b"),  # unclosed fence
+    # a body that compiles is kept, whatever fences follow (a closing fence read as an opening one gave '')
+    ("    return a + b\n\n# Check\nprint(add(1, 2))\n```\n\nThis adds. Use it as ```add(1, 2)```.",
+     "    return a + b\n"),
 ])
 def test_humaneval_completion_extraction(text, expected):
     completion = datasets.humaneval_completion(HE_PROMPT, text, "add", "fenced")

