@@ -98,6 +98,71 @@ def test_round_statistics_match_reference(stats_on, count_declined, t_g_rule):
     assert seen_lossy > 0 and seen_reject > 0  # both lossy acceptance and rejection were exercised
 
 
+@pytest.mark.parametrize("stats_on,count_declined", [("strict", True), ("final", True), ("strict", False)])
+def test_sampled_round_statistics_match_reference(stats_on, count_declined):
+    """The same at temperature 0.7: the strict verdict is u < min(1, p'(x) / q'(x)) with the tempered
+    distributions, while JS distances and entropies stay those of the untempered ones. The reference draws the
+    row's uniforms and the declined token from the row's key as the loop does; everything else is plain numpy."""
+    from adasd_jax.divergence import Sampling, choose
+
+    T = 0.7
+    m = Method("adasd", k_max=K, stats_on=stats_on, count_declined=count_declined)
+    c = models.Config(model_type="llama", vocab_size=V, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+                      head_dim=8, intermediate_size=8)
+    s = Sampling(temperature=T)
+    lc = LoopConfig(target=c, draft=c, method=m, vocab=V, sampling=s)
+    row = jax.jit(functools.partial(accept_row, lc))
+    rng = np.random.default_rng(2)
+    sums = {"A": [], "R": [], "E": []}
+    state, seen = ThresholdState.init(), {"strict_miss": 0, "lossy": 0, "declined": 0}
+    for r in range(80):
+        p_l, q_l, _, n, declined = random_round(rng)
+        q_t = softmax(q_l.astype(np.float64) / T)
+        props = np.array([rng.choice(V, p=q_t[i]) for i in range(K)], np.int32)  # drafted from q'
+        key = jax.random.key(r)
+        t_v = float(np.asarray(state.t_v))
+        _, a, contrib, info = row(p_l, q_l, props, n, declined, t_v, key)
+        k_u, _, k_dec, k_du = jax.random.split(key, 4)
+        u = np.asarray(jax.random.uniform(k_u, (K,)))
+        p, q = softmax(p_l.astype(np.float64)), softmax(q_l.astype(np.float64))
+        pt, qt = softmax(p_l.astype(np.float64) / T), softmax(q_l.astype(np.float64) / T)
+        d = [jensenshannon(p[i], q[i], base=2) for i in range(K + 1)]
+        H = [-(q[i] * np.log(q[i])).sum() for i in range(K + 1)]
+        A, R, E = [], [], []
+
+        def record(i, strict, final, A=A, R=R, E=E, d=d, H=H):
+            good = strict if stats_on == "strict" else final
+            (A if good else R).append(d[i])
+            if not good:
+                E.append(H[i])
+
+        ra, lossy = n, 0
+        for i in range(n):
+            strict = u[i] < min(1.0, pt[i, props[i]] / qt[i, props[i]])
+            final = strict or d[i] < t_v
+            record(i, strict, final)
+            seen["strict_miss"] += not strict
+            lossy += final and not strict
+            if not final:
+                ra = i
+                break
+        if declined and count_declined and ra == n:
+            x = int(choose(k_dec, jnp.asarray(q_l[n]), s))
+            strict = float(jax.random.uniform(k_du)) < min(1.0, pt[n, x] / qt[n, x])
+            record(n, strict, strict or d[n] < t_v)
+            seen["declined"] += 1
+        assert int(a) == ra and int(info["lossy"]) == lossy
+        seen["lossy"] += lossy
+        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.ent_sum], [sum(A), sum(R), sum(E)],
+                                   atol=1e-4)
+        assert (int(contrib.acc_n), int(contrib.rej_n)) == (len(A), len(R))
+        state = policies.add_contributions(m, state, jax.tree.map(lambda x: x[None], contrib), jnp.ones((1,), bool))
+        for k, v in {"A": A, "R": R, "E": E}.items():
+            sums[k] += v
+        np.testing.assert_allclose(float(state.t_g), np.mean(sums["E"]) if sums["E"] else np.inf, rtol=1e-5)
+    assert seen["strict_miss"] > 0 and seen["lossy"] > 0 and (seen["declined"] > 0) == count_declined
+
+
 def test_pooled_statistics_are_the_sum_of_rows():
     rng = np.random.default_rng(1)
     rows = ThresholdState(acc_sum=jnp.asarray(rng.random(4), jnp.float32), acc_n=jnp.asarray([1, 2, 0, 3]),
