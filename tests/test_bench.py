@@ -508,6 +508,70 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
                 runner.merge([tmp_path / "part0", tmp_path / "part2"])
 
 
+def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
+    """A run stopped during its second problem leaves the first one's records in results.partial.json. The same
+    command plus --resume runs the rest with the same method order, and gives what an uninterrupted run gives for
+    the lossless methods, and what a fresh run of the rest gives for adasd (its threshold state restarts there).
+    A checkpoint left unresumed, and a resume with other settings, are refused by name."""
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"w{9 + i} w{30 + i}", "answer": f"w\n#### {i}"})
+                              for i in range(3)))
+    draft, target, pair, hf = loaded
+    common = ["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress", "--no-plots",
+              "--data-file", str(data), "--max-new-tokens", "6", "--methods", "ar,sd:K=2,adasd,hf-ar"]
+    bench = lambda out, *extra: runner.bench(runner._parser().parse_args(
+        [*common, "--out-dir", str(tmp_path / out), *map(str, extra)]), pair=pair, hf=hf)
+    calls, real, stop = [], runner._jax_records, [True]
+
+    def stop_in_problem_1(p, chunk, spec, *a):
+        if stop[0] and chunk[0].id == "gsm8k/1" and spec == "adasd":
+            raise KeyboardInterrupt
+        calls.append(spec)
+        return real(p, chunk, spec, *a)
+
+    monkeypatch.setattr(runner, "_jax_records", stop_in_problem_1)
+    with pytest.raises(KeyboardInterrupt):
+        bench("out", "--limit", 3)
+    partial = tmp_path / "out" / runner.PARTIAL
+    saved = json.loads(partial.read_text())
+    assert not (tmp_path / "out" / "results.json").exists() and saved["chunks_done"] == 1
+    assert {m: [r["problem"] for r in rs] for m, rs in saved["records"].items()} == {
+        m: ["gsm8k/0"] for m in ("ar", "sd:K=2", "adasd", "hf-ar")}
+    assert len(saved["target_step_samples_s"]) == 3
+    with pytest.raises(ValueError, match="holds the finished problems of an interrupted run: pass --resume"):
+        bench("out", "--limit", 3)
+    with pytest.raises(ValueError, match="different settings \\(max_new_tokens"):
+        bench("out", "--limit", 3, "--resume", "--max-new-tokens", 5)
+    with pytest.raises(FileNotFoundError, match="no interrupted run"):
+        bench("elsewhere", "--limit", 3, "--resume")
+    assert runner.main([*common, "--out-dir", str(tmp_path / "elsewhere"), "--limit", "3", "--resume"]) == 2
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / runner.PARTIAL).write_text(partial.read_text()[:100])  # a checkpoint cut short
+    with pytest.raises(ValueError, match="is not a checkpoint written by `adasd bench`; remove it"):
+        bench("cut", "--limit", 3, "--resume")
+
+    calls.clear()
+    stop[0] = False
+    resumed = bench("out", "--limit", 3, "--resume")
+    assert calls == ["sd:K=2", "adasd", "ar", "adasd", "ar", "sd:K=2"]  # batches 1 and 2 in their rotated order
+    assert not partial.exists() and json.loads((tmp_path / "out" / "results.json").read_text()) == resumed
+    cfg = resumed["config"]
+    assert cfg["problems"] == ["gsm8k/0", "gsm8k/1", "gsm8k/2"] and cfg["argv"] == saved["config"]["argv"]
+    assert [r["at"] for r in cfg["resumed"]] == ["gsm8k/1"] and "resumed at gsm8k/1" in cfg["threshold_state"]
+    assert resumed["summary"]["target_step_samples"] == 9
+    for m, rs in resumed["records"].items():
+        assert rs[0] == saved["records"][m][0] and [r["problem"] for r in rs] == cfg["problems"]
+    monkeypatch.undo()
+    whole = bench("whole", "--limit", 3)
+    rest = bench("rest", "--offset", 1, "--limit", 2)
+    tokens = lambda res, m: [r["tokens"] for r in res["records"][m]]
+    for m in ("ar", "sd:K=2", "hf-ar"):
+        assert tokens(resumed, m) == tokens(whole, m)
+    for m in ("ar", "sd:K=2", "adasd", "hf-ar"):
+        assert tokens(resumed, m)[1:] == tokens(rest, m)
+    assert [r["rounds"] for r in resumed["records"]["adasd"][1:]] == [r["rounds"] for r in rest["records"]["adasd"]]
+
+
 HLO = """HloModule m
 
 %add (a: f32[], b: f32[]) -> f32[] {

@@ -178,26 +178,32 @@ def _peer_record(pair, hf, prob, spec, max_new_tokens, temperature, seed, warm: 
 def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str], max_new_tokens: int,
         temperature: float = 0.0, seed: int = 0, batch_size: int = 1, hf: peers.HFPair | None = None,
         trace: bool = True, progress: bool = True, exec_timeout: float = execution.TIMEOUT_S,
-        peer_limit: int = 0, step_samples: list[float] | None = None, humaneval_extract: str = "spec") -> dict:
+        peer_limit: int = 0, step_samples: list[float] | None = None, humaneval_extract: str = "spec",
+        done: dict | None = None, start: int = 0, checkpoint=None) -> dict:
     """Every method on every problem; the method order rotates per batch of problems. Returns per-method records.
 
     peer_limit > 0 runs the torch peers on the first `peer_limit` problems only (they are 5-10x slower);
     their ratios are then taken over the problems they share with each method. A `step_samples` list
     receives 3 timings of one bare target decode step per batch of problems, interleaved with the methods;
     `ar`'s records then also carry `prefill_s`, its prefill timed apart.
+    `checkpoint(records, chunks_done)` is called after every batch of problems; a resumed run passes the records of
+    its first `start` batches as `done` and runs the rest with the same seeds and method order.
     """
     from tqdm import tqdm
 
     if any(m in peers.PEERS for m in methods) and hf is None:
         raise ValueError("hf-ar/hf-assisted need the torch models: pass hf=peers.load_peers(...)")
-    records = {m: [] for m in methods}
+    records = {m: list((done or {}).get(m, [])) for m in methods}
     chunks = [problems[i:i + batch_size] for i in range(0, len(problems), batch_size)]
     n_peer = sum(m in peers.PEERS for m in methods)
-    skipped = n_peer * sum(1 for c in range(len(chunks)) if peer_limit and c * batch_size >= peer_limit)
-    bar = tqdm(total=len(chunks) * len(methods) - skipped, disable=not progress, unit="call", file=sys.stderr)
+    skipped = n_peer * sum(1 for c in range(start, len(chunks)) if peer_limit and c * batch_size >= peer_limit)
+    bar = tqdm(total=(len(chunks) - start) * len(methods) - skipped, disable=not progress, unit="call",
+               file=sys.stderr)
     warm, exec_cache = set(), {}
     step_once = target_step_timer(pair) if step_samples is not None else None
     for c, chunk in enumerate(chunks):
+        if c < start:
+            continue
         if step_once is not None:
             step_samples += [step_once() for _ in range(3)]
         order = methods[c % len(methods):] + methods[:c % len(methods)]
@@ -222,6 +228,8 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
             rates = {m: sum(r["new_tokens"] for r in rs) / max(sum(r["run_s"] for r in rs), 1e-9)
                      for m, rs in records.items() if rs}
             bar.set_postfix_str(" ".join(f"{m} {v:.1f}" for m, v in rates.items()) + " tok/s", refresh=False)
+        if checkpoint is not None:
+            checkpoint(records, c + 1)
     bar.close()
     return records
 
@@ -229,7 +237,10 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
 # ---------------------------------------------------------------- merging runs
 
 # configuration keys that may differ between runs that are merged into one result set
-PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "cpu", "merged_from", "replaced", "rescored"}
+PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "cpu", "merged_from", "replaced", "rescored",
+           "resumed"}
+# a run's finished problems, rewritten after every batch of problems; --resume continues from them
+PARTIAL = "results.partial.json"
 
 
 def _method_fields(text: str) -> dict:
@@ -246,6 +257,11 @@ def _comparable(config: dict, key: str):
     if key == "seeds":  # runs recorded before --seeds ran each problem once
         return config.get(key, 1)
     return config.get(key)
+
+
+def settings_diff(a: dict, b: dict, per_run=PER_RUN) -> list[str]:
+    """Configuration keys, other than `per_run` ones, on which two runs differ."""
+    return sorted(k for k in (set(a) | set(b)) - per_run if _comparable(a, k) != _comparable(b, k))
 
 
 def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, dict]:
@@ -266,8 +282,7 @@ def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, di
         raise ValueError("--merge needs at least two result directories")
     first = runs[0][1]["config"]
     for d, r in runs[1:]:
-        diff = sorted(k for k in (set(first) | set(r["config"])) - PER_RUN
-                      if _comparable(first, k) != _comparable(r["config"], k))
+        diff = settings_diff(first, r["config"])
         if diff:
             raise ValueError(f"--merge: {d} was run with different settings ({', '.join(diff)}); only runs of one "
                              "configuration over different problems can be merged")
@@ -437,6 +452,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--replace", action="store_true",
                     help="with --merge: a problem found in several directories keeps the last one's records (rerun a "
                          "problem that other load on the machine slowed; the replacements are listed in the output)")
+    ap.add_argument("--resume", action="store_true",
+                    help=f"continue an interrupted run: the same command plus --resume runs the problems missing from "
+                         f"--out-dir/{PARTIAL} (written after every batch of problems; same seeds and method order). "
+                         "The adasd threshold state restarts where it resumes; the output records where")
     ap.add_argument("--rank-corpus", nargs="+", metavar="FILE",
                     help="for draft_vocab=N methods (FR-Spec): count token frequencies on these files (GSM8K-style "
                          "jsonl rows, or whole text files); rows holding a benchmarked question are skipped")
@@ -497,8 +516,35 @@ def load_problems(a) -> tuple[list[datasets.Problem], str | Path | None]:
     return datasets.load(a.dataset, a.data_file, limit, a.offset), a.data_file
 
 
+def load_partial(path: Path) -> dict:
+    """The checkpoint of an interrupted run, with errors that name the fix."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist: no interrupted run to continue in this --out-dir")
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        saved = e
+    if not isinstance(saved, dict) or not {"config", "records", "chunks_done"} <= saved.keys():
+        raise ValueError(f"--resume: {path} is not a checkpoint written by `adasd bench`; remove it to start afresh")
+    return saved
+
+
+def resumed_config(saved: dict, config: dict, start_problem: str, commit: str | None) -> dict:
+    """The interrupted run's configuration, after checking that this run's settings are the same, with the resume
+    recorded: the adasd threshold state restarts there (it lived in the interrupted process)."""
+    diff = settings_diff(saved["config"], config, PER_RUN - {"offset", "limit", "problems"})
+    if diff:
+        raise ValueError(f"--resume: the interrupted run had different settings ({', '.join(diff)}); rerun its command "
+                         f"(config.argv in {PARTIAL}) with --resume")
+    old = saved["config"]
+    return {**old, "resumed": old.get("resumed", []) + [{"at": start_problem, "argv": sys.argv, "commit": commit}],
+            "threshold_state": old["threshold_state"] + f"; reset when the run resumed at {start_problem}"}
+
+
 def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) -> dict:
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
+    if a.resume and (a.merge or a.rescore):
+        raise ValueError("--resume continues an interrupted run: it does not go with --merge or --rescore")
     if a.merge:
         return write_results(Path(a.out_dir), *merge(a.merge, a.replace), plots=not a.no_plots)
     if a.rescore:
@@ -515,6 +561,11 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     if a.seeds > 1 and a.temperature == 0:
         raise ValueError(f"--seeds {a.seeds} repeats each problem with new sampling seeds, but greedy decoding "
                          "(--temperature 0) gives every seed the same tokens: raise --limit for more samples")
+    partial = Path(a.out_dir) / PARTIAL
+    saved = load_partial(partial) if a.resume else None
+    if saved is None and partial.exists():
+        raise ValueError(f"{partial} holds the finished problems of an interrupted run: pass --resume to continue it, "
+                         "or remove the file (or pick another --out-dir) to start afresh")
     problems, data_file = load_problems(a)
     problems = datasets.repeat(problems, a.seeds)
     jax_methods = [m for m in methods if m not in peers.PEERS]
@@ -526,7 +577,8 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
                                 **mesh_kwargs(a))
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-    pair = dataclasses.replace(pair, max_buckets=keep if a.max_buckets is None else a.max_buckets)
+    # a fresh threshold state per run (the configuration says so), also for a pair passed in
+    pair = dataclasses.replace(pair, max_buckets=keep if a.max_buckets is None else a.max_buckets, states={})
     if hf is None and any(m in peers.PEERS for m in methods):
         t = time.perf_counter()
         hf = peers.load_peers(a.draft, a.target, a.dtype, need_draft="hf-assisted" in methods, gguf=a.hf_gguf,
@@ -541,15 +593,32 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         pair = engine.rank_tokens(pair, texts)
         rank = {"files": [str(f) for f in a.rank_corpus], "texts": len(texts), "skipped_benchmark_rows": skipped}
     steps = None if a.no_step_timing else []
+    config = configuration(a, pair, hf, problems, methods, data_file, commit) | {"rank_corpus": rank}
+    start, done = 0, None
+    if saved is not None:
+        start, done = saved["chunks_done"], saved["records"]
+        if start * a.batch_size >= len(problems):
+            raise ValueError(f"--resume: {partial} already holds every problem; its run ended before writing "
+                             "results.json: remove the file and rerun")
+        config = resumed_config(saved, config, problems[start * a.batch_size].id, commit)
+        steps = None if steps is None else list(saved.get("target_step_samples_s") or [])
+
+    def checkpoint(records: dict, chunks_done: int):
+        if jax.process_index() == 0:
+            report.write_atomic(partial, json.dumps(_finite({"config": config, "chunks_done": chunks_done,
+                                                             "target_step_samples_s": steps, "records": records})))
+
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
                   trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout,
-                  peer_limit=a.peer_limit, step_samples=steps, humaneval_extract=a.humaneval_extract)
-    config = configuration(a, pair, hf, problems, methods, data_file, commit) | {"rank_corpus": rank}
+                  peer_limit=a.peer_limit, step_samples=steps, humaneval_extract=a.humaneval_extract,
+                  done=done, start=start, checkpoint=checkpoint)
     summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
                                batch_size=a.batch_size)
     if jax.process_index() != 0:  # multi-host: process 0 alone writes
         return {"config": config, "summary": summary, "records": records}
-    return write_results(Path(a.out_dir), config, summary, records, plots=not a.no_plots)
+    result = write_results(Path(a.out_dir), config, summary, records, plots=not a.no_plots)
+    partial.unlink(missing_ok=True)
+    return result
 
 
 def rank_corpus_texts(files, problems) -> tuple[list[str], int]:
@@ -587,7 +656,10 @@ def main(argv=None) -> int:
     try:
         bench(a)
     except KeyboardInterrupt:
-        print("\nadasd bench: interrupted (nothing half-written was left behind)", file=sys.stderr)
+        partial = Path(a.out_dir) / PARTIAL
+        print("\nadasd bench: interrupted; " + (f"the problems finished so far are in {partial}: the same command with "
+              "--resume continues the run" if partial.is_file() and not (a.merge or a.rescore) else
+              "nothing half-written was left behind"), file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"adasd bench: error: {e}", file=sys.stderr)
