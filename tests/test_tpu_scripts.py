@@ -188,18 +188,20 @@ def test_bench_uploads_data_runs_and_fetches_worker_0_results(gcloud, tmp_path, 
     assert upload[3:7] == ["scp", str(data), f"{name}:adasd-jax/tpu-data/problems.jsonl", "--worker=all"]
     assert ssh[3:6] == ["ssh", name, "--worker=all"]
     assert ssh[7].endswith("adasd bench --methods ar,adasd --limit 2 --data-file tpu-data/problems.jsonl "
-                           "--out tpu-results/r1.json")
-    assert fetch[3:7] == ["scp", f"{name}:adasd-jax/tpu-results/r1.json", "out/r1.json", "--worker=0"]
+                           "--out-dir tpu-results/r1")
+    # adasd bench writes a directory (results.json, results.md, plots): fetched whole into out/r1/
+    assert fetch[3:8] == ["scp", f"{name}:adasd-jax/tpu-results/r1", "out/", "--worker=0", "--recurse"]
 
 
 def test_bench_with_a_data_file_on_the_workers_uploads_nothing(gcloud):
     run, _ = gcloud
     out = run("bench.sh", "--dry-run", "--", "bench", "--data-file", "/data/x.jsonl", env=V5E_ENV).stdout
     ssh, fetch = printed_gcloud(out)
-    assert ssh[7].endswith("adasd bench --data-file /data/x.jsonl --out tpu-results/r1.json")
-    assert fetch[3:7] == ["scp", "adasd-v5e:adasd-jax/tpu-results/r1.json", "tpu-results/r1.json", "--worker=0"]
-    p = run("bench.sh", "--", "--out", "x.json", env=V5E_ENV, check=False)
-    assert p.returncode != 0 and "sets --out itself" in p.stderr
+    assert ssh[7].endswith("adasd bench --data-file /data/x.jsonl --out-dir tpu-results/r1")
+    assert fetch[3:8] == ["scp", "adasd-v5e:adasd-jax/tpu-results/r1", "tpu-results/", "--worker=0", "--recurse"]
+    for given in (["--out-dir", "x"], ["--out=x"], ["--out", "x"]):  # argparse reads --out as --out-dir
+        p = run("bench.sh", "--", *given, env=V5E_ENV, check=False)
+        assert p.returncode != 0 and "sets --out-dir itself" in p.stderr
 
 
 @pytest.mark.parametrize("script", ALL)
