@@ -425,7 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", choices=("train", "test"),
                     help="gsm8k without --data-file: this split from the Hugging Face hub (openai/gsm8k; default "
                          "test where the shared train split is absent)")
-    ap.add_argument("--limit", type=int, default=10, help="number of problems (0 = all)")
+    ap.add_argument("--limit", type=int, default=10, help="number of problems (default 10; 0 = all)")
     ap.add_argument("--offset", type=int, default=0, help="first problem")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list; preset 'ablation' = {PRESETS['ablation']}")
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -568,6 +568,9 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
                          "or remove the file (or pick another --out-dir) to start afresh")
     problems, data_file = load_problems(a)
     problems = datasets.repeat(problems, a.seeds)
+    if jax.process_index() == 0:
+        print(f"{len(problems)} problems ({problems[0].id} .. {problems[-1].id}) x {len(methods)} methods",
+              file=sys.stderr)
     jax_methods = [m for m in methods if m not in peers.PEERS]
     keep, note = bucket_limit(len(jax_methods))
     if a.max_buckets is None and note and jax.process_index() == 0:
