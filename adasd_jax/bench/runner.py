@@ -522,8 +522,8 @@ def load_partial(path: Path) -> dict:
         raise FileNotFoundError(f"--resume: {path} does not exist: no interrupted run to continue in this --out-dir")
     try:
         saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        saved = e
+    except json.JSONDecodeError:
+        saved = None
     if not isinstance(saved, dict) or not {"config", "records", "chunks_done"} <= saved.keys():
         raise ValueError(f"--resume: {path} is not a checkpoint written by `adasd bench`; remove it to start afresh")
     return saved
