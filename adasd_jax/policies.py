@@ -132,9 +132,9 @@ def threshold_contribution(m: Method, verdict: jax.Array, d: jax.Array, ent: jax
     """One row's statistics from its verdicts at the `counted` positions (arrays over positions)."""
     good, bad = counted & verdict, counted & ~verdict
     f = lambda x, w: jnp.sum(jnp.where(w, x, 0.0))
-    return ThresholdState(acc_sum=f(d, good), acc_n=good.sum().astype(jnp.int32), rej_sum=f(d, bad),
-                          rej_n=bad.sum().astype(jnp.int32), ent_sum=f(ent, bad), ent_n=bad.sum().astype(jnp.int32),
-                          acc_ent_sum=f(ent, good))
+    n = lambda w: w.sum().astype(jnp.int32)
+    return ThresholdState(acc_n=n(good), acc_sum=f(d, good), acc_ent_sum=f(ent, good),
+                          rej_n=n(bad), rej_sum=f(d, bad), rej_ent_sum=f(ent, bad))
 
 
 def add_contributions(m: Method, t: ThresholdState, rows: ThresholdState, live: jax.Array) -> ThresholdState:

@@ -15,29 +15,28 @@ from models import KVCache
 class ThresholdState:
     """AdaSD's running means as (sum, count) pairs; shape [] when pooled over rows, [B] when per_row."""
 
-    acc_sum: jax.Array  # f32: JS distances of accepted (strict) tokens
-    acc_n: jax.Array  # i32
-    rej_sum: jax.Array  # f32: JS distances of rejected tokens
-    rej_n: jax.Array  # i32
-    ent_sum: jax.Array  # f32: draft entropies (nats) of rejected tokens
-    ent_n: jax.Array  # i32
-    acc_ent_sum: jax.Array  # f32: draft entropies of accepted tokens (count: acc_n); only t_g_rule="midpoint" reads it
+    acc_n: jax.Array  # i32: accepted (strict) tokens
+    acc_sum: jax.Array  # f32: their JS distances
+    acc_ent_sum: jax.Array  # f32: their draft entropies (nats); only t_g_rule="midpoint" reads it
+    rej_n: jax.Array  # i32: rejected tokens
+    rej_sum: jax.Array  # f32: their JS distances
+    rej_ent_sum: jax.Array  # f32: their draft entropies (nats): T_G's mean
 
     @classmethod
     def init(cls, shape=()) -> "ThresholdState":
         f, i = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32)
-        return cls(acc_sum=f, acc_n=i, rej_sum=f, rej_n=i, ent_sum=f, ent_n=i, acc_ent_sum=f)
+        return cls(acc_n=i, acc_sum=f, acc_ent_sum=f, rej_n=i, rej_sum=f, rej_ent_sum=f)
 
     @property
     def t_g(self) -> jax.Array:
         """Generation threshold: mean entropy of rejected tokens, +inf while there are none."""
-        return jnp.where(self.ent_n > 0, self.ent_sum / jnp.maximum(self.ent_n, 1), jnp.inf)
+        return jnp.where(self.rej_n > 0, self.rej_ent_sum / jnp.maximum(self.rej_n, 1), jnp.inf)
 
     @property
     def t_g_midpoint(self) -> jax.Array:
         """Not the spec's T_G: the midpoint of the accepted and rejected mean entropies (T_V's rule on entropies),
         +inf until both exist."""
-        both = (self.acc_n > 0) & (self.ent_n > 0)
+        both = (self.acc_n > 0) & (self.rej_n > 0)
         mid = 0.5 * (self.acc_ent_sum / jnp.maximum(self.acc_n, 1) + self.t_g)
         return jnp.where(both, mid, jnp.inf)
 

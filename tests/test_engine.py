@@ -111,7 +111,7 @@ def test_propose_declined_proposes_the_stopping_token(tiny_pair, prompts, temper
     propose_declined proposes exactly that token, which is vanilla SD with K = 1 (greedy and sampled)."""
     from adasd_jax.state import ThresholdState
 
-    stop_all = ThresholdState.init().replace(ent_sum=-np.inf, ent_n=1)  # T_G = -inf
+    stop_all = ThresholdState.init().replace(rej_ent_sum=-np.inf, rej_n=1)  # T_G = -inf
     kw = dict(max_new_tokens=MAX_NEW, temperature=temperature, seed=3)
     got = {}
     for flag in (0, 1):
@@ -138,7 +138,7 @@ def test_midpoint_t_g_rule_stops_where_the_mean_would_not(tiny_pair, prompts):
     from adasd_jax.state import ThresholdState
 
     n = jnp.int32(10**6)
-    state = ThresholdState.init().replace(ent_sum=jnp.float32(1e8), ent_n=n, acc_ent_sum=jnp.float32(-1e8), acc_n=n)
+    state = ThresholdState.init().replace(rej_ent_sum=jnp.float32(1e8), rej_n=n, acc_ent_sum=jnp.float32(-1e8), acc_n=n)
     kw = {"max_new_tokens": MAX_NEW, "state": state}
     mean = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6", **kw)
     mid = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6,t_g_rule=midpoint", **kw)
@@ -147,7 +147,7 @@ def test_midpoint_t_g_rule_stops_where_the_mean_would_not(tiny_pair, prompts):
     assert mid.tokens == adasd_jax.generate(tiny_pair, prompts, method="ar", max_new_tokens=MAX_NEW).tokens
     # the reported T_G is the midpoint of the returned state's means
     s = mid.state
-    want = (float(s.acc_ent_sum) / int(s.acc_n) + float(s.ent_sum) / int(s.ent_n)) / 2
+    want = (float(s.acc_ent_sum) / int(s.acc_n) + float(s.rej_ent_sum) / int(s.rej_n)) / 2
     np.testing.assert_allclose(mid.metrics["t_g"], want, atol=1e-5)  # float32 means near 0: absolute
     with pytest.raises(ValueError, match="t_g_rule must be"):
         Method.parse("adasd:t_g_rule=median")

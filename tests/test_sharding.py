@@ -195,7 +195,7 @@ def test_parameter_and_cache_shardings_follow_the_table(check, mesh):
     assert st["['draft_cache'].k[0]"] == [rows, None, None if d["replicate_draft"] else kv, None]
     assert st["['target_cache'].lengths"] == st["['done']"] == st["['draft_len']"] == [rows]
     assert st["['out']"] == [rows, None]
-    assert st["['thresholds'].acc_sum"] == st["['thresholds'].ent_n"] == [rows]  # per_row thresholds
+    assert st["['thresholds'].acc_sum"] == st["['thresholds'].rej_n"] == [rows]  # per_row thresholds
     assert st["['key_data']"] == [None]
 
 

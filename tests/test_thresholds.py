@@ -80,9 +80,9 @@ def test_round_statistics_match_reference(stats_on, count_declined, t_g_rule):
         ra, remitted, A, R, E, EA = reference_round(p_l, q_l, props, n, declined, t_v, stats_on, count_declined)
         assert int(a) == ra
         assert list(np.asarray(emitted)[: ra + 1]) == remitted
-        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.ent_sum, contrib.acc_ent_sum],
+        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.rej_ent_sum, contrib.acc_ent_sum],
                                    [sum(A), sum(R), sum(E), sum(EA)], atol=1e-4)
-        assert (int(contrib.acc_n), int(contrib.rej_n), int(contrib.ent_n)) == (len(A), len(R), len(E))
+        assert (int(contrib.acc_n), int(contrib.rej_n)) == (len(A), len(R))
         state = policies.add_contributions(m, state, jax.tree.map(lambda x: x[None], contrib), jnp.ones((1,), bool))
         for k, v in {"A": A, "R": R, "E": E, "EA": EA}.items():
             sums[k] += v
@@ -153,7 +153,7 @@ def test_sampled_round_statistics_match_reference(stats_on, count_declined):
             seen["declined"] += 1
         assert int(a) == ra and int(info["lossy"]) == lossy
         seen["lossy"] += lossy
-        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.ent_sum], [sum(A), sum(R), sum(E)],
+        np.testing.assert_allclose([contrib.acc_sum, contrib.rej_sum, contrib.rej_ent_sum], [sum(A), sum(R), sum(E)],
                                    atol=1e-4)
         assert (int(contrib.acc_n), int(contrib.rej_n)) == (len(A), len(R))
         state = policies.add_contributions(m, state, jax.tree.map(lambda x: x[None], contrib), jnp.ones((1,), bool))
@@ -167,7 +167,7 @@ def test_pooled_statistics_are_the_sum_of_rows():
     rng = np.random.default_rng(1)
     rows = ThresholdState(acc_sum=jnp.asarray(rng.random(4), jnp.float32), acc_n=jnp.asarray([1, 2, 0, 3]),
                           rej_sum=jnp.asarray(rng.random(4), jnp.float32), rej_n=jnp.asarray([0, 1, 1, 2]),
-                          ent_sum=jnp.asarray(rng.random(4), jnp.float32), ent_n=jnp.asarray([0, 1, 1, 2]),
+                          rej_ent_sum=jnp.asarray(rng.random(4), jnp.float32),
                           acc_ent_sum=jnp.asarray(rng.random(4), jnp.float32))
     live = jnp.asarray([True, True, False, True])
     pooled = policies.add_contributions(Method("adasd"), ThresholdState.init(), rows, live)
@@ -183,9 +183,9 @@ def test_empty_state_thresholds():
     s = s.replace(acc_sum=jnp.float32(0.2), acc_n=jnp.int32(2))
     assert float(s.t_v) == 0.0  # rejected set still empty: lossy acceptance stays off
     assert float(s.t_g_midpoint) == np.inf  # the midpoint T_G needs a rejection too
-    s = s.replace(acc_ent_sum=jnp.float32(0.4), ent_sum=jnp.float32(3.0), ent_n=jnp.int32(2))
+    s = s.replace(acc_ent_sum=jnp.float32(0.4), rej_ent_sum=jnp.float32(3.0), rej_n=jnp.int32(2))
     assert float(s.t_g) == 1.5 and float(s.t_g_midpoint) == pytest.approx((0.2 + 1.5) / 2)
-    assert float(ThresholdState.init().replace(ent_sum=jnp.float32(3.0), ent_n=jnp.int32(2)).t_g_midpoint) == np.inf
+    assert float(ThresholdState.init().replace(rej_ent_sum=jnp.float32(3.0), rej_n=jnp.int32(2)).t_g_midpoint) == np.inf
 
 
 def test_adaedl_and_dynamic_updates():
