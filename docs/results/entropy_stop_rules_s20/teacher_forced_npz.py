@@ -10,7 +10,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 import models
@@ -26,20 +25,11 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
     tc, tp, tok = models.load(str(es.C / "qwen2.5-coder-1.5b-instruct-bfloat16"), "bfloat16")
     toks, mask = es.target_path(results, tok)
-    seg = jnp.zeros((2, es.L), jnp.int32)
     for item in drafts:
-        name, src = item.split("=", 1)
-        src, _, layers = src.partition(":")
-        dc, dp, _ = models.load(src, "bfloat16")
-        if layers:
-            dc, dp = models.first_layers(dc, dp, int(layers))
-        per_position = es.make_per_position(dc, tc, seg)
+        name, dc, dp = es.load_draft(item)
         arrays = {}
-        for s in range(0, es.N, 2):
-            h, same, d = (np.asarray(x) for x in per_position(dp, tp, jnp.asarray(toks[s:s + 2])))
-            for r in range(2):
-                m = mask[s + r]
-                arrays.update({f"match{s + r}": same[r][m], f"d{s + r}": d[r][m], f"e{s + r}": h[r][m]})
+        for i, (h, same, d) in enumerate(es.draft_positions(dc, dp, tc, tp, toks, mask)):
+            arrays.update({f"match{i}": same, f"d{i}": d, f"e{i}": h})
         tmp = out_dir / f"{name}.tmp.npz"
         np.savez(tmp, **arrays)
         tmp.rename(out_dir / f"{name}.npz")

@@ -62,28 +62,36 @@ def make_per_position(dc, tc, seg):
     return per_position
 
 
+def load_draft(item):
+    """NAME=DIR[:LAYERS] -> (name, config, params): the draft, cut to its first LAYERS layers when given."""
+    name, src = item.split("=", 1)
+    layers = None
+    if ":" in src:
+        src, layers = src.rsplit(":", 1)
+    dc, dp, _ = models.load(src, "bfloat16")
+    if layers:
+        dc, dp = models.first_layers(dc, dp, int(layers))
+    return name, dc, dp
+
+
+def draft_positions(dc, dp, tc, tp, toks, mask):
+    """Per problem, at its masked positions: (draft entropy, greedy match, JS distance), two problems a batch."""
+    per_position = make_per_position(dc, tc, jnp.zeros((2, L), jnp.int32))
+    out = []
+    for s in range(0, N, 2):
+        h, same, d = (np.asarray(x) for x in per_position(dp, tp, jnp.asarray(toks[s:s + 2])))
+        out += [(h[r][mask[s + r]], same[r][mask[s + r]], d[r][mask[s + r]]) for r in range(2)]
+    return out
+
+
 def main():
     results, out_path, drafts = sys.argv[1], sys.argv[2], sys.argv[3:]
     tc, tp, tok = models.load(str(C / "qwen2.5-coder-1.5b-instruct-bfloat16"), "bfloat16")
     toks, mask = target_path(results, tok)
-    seg = jnp.zeros((2, L), jnp.int32)
     report = {"positions": int(mask.sum()), "drafts": {}}
-    for spec in drafts:
-        name, src = spec.split("=", 1)
-        layers = None
-        if ":" in src:
-            src, layers = src.rsplit(":", 1)
-        dc, dp, _ = models.load(src, "bfloat16")
-        if layers:
-            dc, dp = models.first_layers(dc, dp, int(layers))
-
-        per_position = make_per_position(dc, tc, seg)
-        h, same, d = [], [], []
-        for s in range(0, N, 2):
-            hs, ss, ds = (np.asarray(x) for x in per_position(dp, tp, jnp.asarray(toks[s:s + 2])))
-            m = mask[s:s + 2]
-            h.append(hs[m]), same.append(ss[m]), d.append(ds[m])
-        h, same, d = np.concatenate(h), np.concatenate(same), np.concatenate(d)
+    for item in drafts:
+        name, dc, dp = load_draft(item)
+        h, same, d = (np.concatenate(x) for x in zip(*draft_positions(dc, dp, tc, tp, toks, mask)))
         t_g = float(h[~same].mean())
         r = {"agreement": float(same.mean()), "entropy_agree": float(h[same].mean()),
              "entropy_disagree": t_g, "auc_entropy_flags_disagreement": float(auc(h[~same], h[same])),
