@@ -27,8 +27,9 @@ def add_draft_layers_arg(p):
 
 def add_mesh_arg(p):
     p.add_argument("--mesh", nargs="?", const="", default=None, metavar="data=N,model=M",
-                   help="shard over a device mesh (batch on data, heads/FFN/vocabulary on model); a bare --mesh "
-                        "uses every device with model parallelism; default: one device")
+                   help="shard over a device mesh (batch on data, heads/FFN/vocabulary on model); a bare --mesh, "
+                        "and the default where there are several devices: every device on model (tensor "
+                        "parallelism, what speeds up decoding a few prompts); --mesh none: one device")
     p.add_argument("--shard-draft", action="store_true", help="shard the draft like the target (default: replicated)")
     p.add_argument("--rule", action="append", metavar="LOGICAL=MESH[+MESH]",
                    help="remap one logical axis of the sharding table (repeatable), e.g. ffn=model+data to shard the "
@@ -37,12 +38,19 @@ def add_mesh_arg(p):
 
 
 def mesh_kwargs(a) -> dict:
-    """`load_pair`'s placement arguments from add_mesh_arg's flags."""
+    """`load_pair`'s placement arguments from add_mesh_arg's flags. No --mesh: every device (of every process),
+    when there are several; one device needs no mesh."""
+    import jax
+
     from adasd_jax import sharding
 
-    if a.rule and a.mesh is None:
-        raise ValueError("--rule changes how a mesh is sharded: add --mesh (for example --mesh data=2,model=4)")
-    return {"mesh": a.mesh, "replicate_draft": not a.shard_draft, "rules": sharding.parse_rules(a.rule)}
+    mesh = None if a.mesh == "none" else a.mesh
+    if a.mesh is None and jax.device_count() > 1:
+        mesh = ""
+    if a.rule and mesh is None:
+        raise ValueError("--rule changes how a mesh is sharded, and this run has one device: add --mesh (for example "
+                         "--mesh data=2,model=4)")
+    return {"mesh": mesh, "replicate_draft": not a.shard_draft, "rules": sharding.parse_rules(a.rule)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,7 +177,8 @@ def _multihost_setup() -> None:
     from adasd_jax import sharding
 
     if sharding.init_distributed() and not sharding.is_main_process():
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        sys.stdout.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also what native libraries print
 
 
 def main(argv=None) -> int:

@@ -216,22 +216,42 @@ def head_counts(c: models.Config) -> dict[str, int]:
 
 
 def distributed_requested() -> bool:
-    """Multi-host launch: ADASD_DISTRIBUTED=1, an explicit JAX coordinator, or a multi-worker TPU slice."""
-    if os.environ.get("ADASD_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
-        return True
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    """Multi-host launch: ADASD_DISTRIBUTED=1 (tpu_scripts/ set it), an explicit JAX coordinator, or a multi-worker
+    GKE TPU slice. A GCE TPU VM's ssh shell names no other worker: its slice is found by `initialize()` itself."""
+    flag = os.environ.get("ADASD_DISTRIBUTED", "").lower()
+    if flag in ("0", "false", "no"):
+        return False
+    if flag in ("1", "true", "yes") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
     return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
 def init_distributed() -> bool:
-    """Call `jax.distributed.initialize()` once when launched on several hosts; True if it did."""
+    """Call `jax.distributed.initialize()` once when launched on several hosts; True if it did. Where no cluster
+    manager says how many processes there are (a hand launch), ADASD_NUM_PROCESSES and ADASD_PROCESS_ID do."""
     if not distributed_requested():
         return False
     if not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        env = {k: int(os.environ[f"ADASD_{k.upper()}"]) for k in ("num_processes", "process_id")
+               if os.environ.get(f"ADASD_{k.upper()}")}
+        jax.distributed.initialize(**env)
     return True
 
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def from_main_process(text: str | None) -> str | None:
+    """Process 0's `text` on every process: a file that only process 0 reads or writes (its disk is not the
+    others'), so that every process takes the same branch. One process: `text` as it is."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(b"" if text is None else text.encode(), np.uint8)
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if text is None else raw.size)))
+    if n <= 0:
+        return None if n < 0 else ""
+    raw = raw if jax.process_index() == 0 else np.zeros(n, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(raw)).tobytes().decode()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 from jax.sharding import AbstractMesh, AxisType
 from jax.sharding import PartitionSpec as P
@@ -135,6 +136,15 @@ def test_cli_rules_reach_load_pair():
     assert cli.mesh_kwargs(cli._parser().parse_args(["generate", "hi"]))["rules"] is None
 
 
+@pytest.mark.parametrize("devices, args, want", [
+    (1, [], None), (8, [], ""), (8, ["--mesh", "none"], None), (1, ["--mesh"], ""), (8, ["--mesh", "model=2"], "model=2")])
+def test_cli_mesh_defaults_to_every_device_where_there_are_several(monkeypatch, devices, args, want):
+    monkeypatch.setattr(jax, "device_count", lambda: devices)
+    assert cli.mesh_kwargs(cli._parser().parse_args(["generate", "hi", *args]))["mesh"] == want
+    if want == "":
+        assert sharding.parse_mesh(want, devices) == (1, devices)  # all on model: tensor parallelism
+
+
 @pytest.mark.parametrize("args, match", [(["--rule", "ffn=model+data"], "add --mesh"),
                                          (["--mesh", "data=1,model=1", "--rule", "ffn=tp"], "bad sharding rule")])
 def test_cli_names_a_bad_sharding_rule(capsys, args, match):
@@ -249,7 +259,8 @@ def test_every_method_on_every_mesh(tmp_path):
 
 @pytest.mark.parametrize("env, want", [
     ({}, False), ({"ADASD_DISTRIBUTED": "1"}, True), ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, True),
-    ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, True), ({"TPU_WORKER_HOSTNAMES": "localhost"}, False)])
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, True), ({"TPU_WORKER_HOSTNAMES": "localhost"}, False),
+    ({"ADASD_DISTRIBUTED": "0", "JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, False)])
 def test_multihost_launch_is_detected_from_the_environment(monkeypatch, env, want):
     for k in ("ADASD_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(k, raising=False)

@@ -134,13 +134,14 @@ def test_setup_from_git(gcloud):
 
 
 def fake_worker(home: Path) -> Path:
-    """A worker's home after setup.sh, whose `adasd` prints its argv, cwd and JAX_PLATFORMS as JSON."""
+    """A worker's home after setup.sh, whose `adasd` prints its argv, cwd and environment as JSON."""
     (home / "adasd-jax").mkdir(parents=True)
     adasd = home / "adasd-venv" / "bin" / "adasd"
     adasd.parent.mkdir(parents=True)
     adasd.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
                      "env = os.environ\n"
-                     "print(json.dumps([sys.argv[1:], os.getcwd(), env['JAX_PLATFORMS'], env.get('K')]))\n")
+                     "print(json.dumps([sys.argv[1:], os.getcwd(), env['JAX_PLATFORMS'], env.get('ADASD_DISTRIBUTED'), "
+                     "env.get('K')]))\n")
     adasd.chmod(adasd.stat().st_mode | stat.S_IXUSR)
     return home
 
@@ -155,13 +156,14 @@ def test_run_passes_arguments_through_to_every_worker(gcloud, tmp_path, config):
     assert ssh[:8] == ["compute", "tpus", "tpu-vm", "ssh", name, "--worker=all", "--output-directory=tpu-logs/r1",
                        ssh[7]]
     assert (tmp_path / "tpu-logs" / "r1").is_dir()
-    # What a worker's shell makes of the command: exactly the arguments given, in the checkout, on TPU.
+    # What a worker's shell makes of the command: exactly the arguments given, in the checkout, on TPU, in one
+    # JAX cluster (a GCE TPU VM's shell names no other worker: the package cannot tell a slice from one host).
     home = fake_worker(tmp_path / "home")
     command = ssh[7].removeprefix("--command=")
     p = subprocess.run(["bash", "-c", command], check=False, capture_output=True, text=True,
                        env={**os.environ, "HOME": str(home)})
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout) == [adasd_args, str(home / "adasd-jax"), "tpu", "a b"]
+    assert json.loads(p.stdout) == [adasd_args, str(home / "adasd-jax"), "tpu", "1", "a b"]
 
 
 def test_run_prints_worker_0_log_and_reports_failure(gcloud, tmp_path):

@@ -162,12 +162,13 @@ run_options() {
 }
 
 # adasd_command ARGS...: the workers' shell command that runs `adasd ARGS...` in the installed checkout.
-# The compilation cache outlives the run (a second run of the same shapes skips compiling); --env
-# settings come last, so they override these.
+# ADASD_DISTRIBUTED=1: every worker joins one JAX cluster (jax.distributed.initialize() finds the slice's
+# workers from the TPU VM's metadata; on one host it is a cluster of one). The compilation cache outlives
+# the run (a second run of the same shapes skips compiling); --env settings come last, so they override these.
 adasd_command() {
   local line
   # shellcheck disable=SC2016  # $HOME is for the workers' shell to expand
-  printf 'cd %s && env JAX_PLATFORMS=tpu PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR="$HOME"/.cache/adasd-jax/jax-compile' \
+  printf 'cd %s && env JAX_PLATFORMS=tpu ADASD_DISTRIBUTED=1 PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR="$HOME"/.cache/adasd-jax/jax-compile' \
     "$(home_path "$TPU_REMOTE_DIR")"
   while IFS= read -r line; do
     if [[ -z $line ]]; then continue; fi

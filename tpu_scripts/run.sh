@@ -8,8 +8,9 @@ source "$(dirname "$0")/common.sh"
 USAGE="--name NAME --zone ZONE [settings] -- ADASD_ARGUMENTS..."
 ABOUT="Runs 'adasd ADASD_ARGUMENTS...' on every worker at once ('gcloud compute tpus tpu-vm ssh --worker=all'), \
 as multi-host JAX needs, in the checkout and environment that setup.sh installed, with JAX_PLATFORMS=tpu, \
-PYTHONUNBUFFERED=1, a persistent compilation cache and any --env settings. Each worker's output goes to \
-LOGS_DIR/RUN_ID/WORKER.log; worker 0's is printed at the end. Example: \
+ADASD_DISTRIBUTED=1 (one JAX cluster over the workers), PYTHONUNBUFFERED=1, a persistent compilation cache and \
+any --env settings. Each worker's output goes to LOGS_DIR/RUN_ID/WORKER.log; worker 0's is printed at the end. \
+Example: \
 run.sh --name my-tpu --zone us-west4-a -- generate --mesh data=1,model=8 'What is 17 * 23?'"
 common_options
 remote_options

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import engine
+from adasd_jax import engine, sharding
 from adasd_jax.bench import datasets, execution, peers, report
 from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, mesh_kwargs
 from adasd_jax.fetch import file_sha256
@@ -516,12 +516,17 @@ def load_problems(a) -> tuple[list[datasets.Problem], str | Path | None]:
     return datasets.load(a.dataset, a.data_file, limit, a.offset), a.data_file
 
 
-def load_partial(path: Path) -> dict:
-    """The checkpoint of an interrupted run, with errors that name the fix."""
-    if not path.is_file():
+def read_partial(path: Path) -> str | None:
+    """The checkpoint's text as process 0 reads it, on every process (only process 0 writes it)."""
+    return sharding.from_main_process(path.read_text() if jax.process_index() == 0 and path.is_file() else None)
+
+
+def load_partial(path: Path, text: str | None) -> dict:
+    """The checkpoint of an interrupted run (`text`: read_partial's), with errors that name the fix."""
+    if text is None:
         raise FileNotFoundError(f"--resume: {path} does not exist: no interrupted run to continue in this --out-dir")
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(text)
     except json.JSONDecodeError:
         saved = None
     if not isinstance(saved, dict) or not {"config", "records", "chunks_done"} <= saved.keys():
@@ -562,8 +567,9 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         raise ValueError(f"--seeds {a.seeds} repeats each problem with new sampling seeds, but greedy decoding "
                          "(--temperature 0) gives every seed the same tokens: raise --limit for more samples")
     partial = Path(a.out_dir) / PARTIAL
-    saved = load_partial(partial) if a.resume else None
-    if saved is None and partial.exists():
+    text = read_partial(partial)
+    saved = load_partial(partial, text) if a.resume else None
+    if saved is None and text is not None:
         raise ValueError(f"{partial} holds the finished problems of an interrupted run: pass --resume to continue it, "
                          "or remove the file (or pick another --out-dir) to start afresh")
     problems, data_file = load_problems(a)
