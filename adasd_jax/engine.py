@@ -210,9 +210,10 @@ def bucket(n: int) -> int:
 
 # ---------------------------------------------------------------- generation
 
-def _input_shardings(layout: sharding.Layout, mstate, batch: int):
-    """Where the loop's inputs go on the mesh: prompts and per-row state on `data`, the key replicated."""
-    return (layout.batch(batch, 2), layout.batch(batch), layout.method_state(mstate), layout.replicated)
+def _input_shardings(layout: sharding.Layout, prompt_shape: tuple[int, int], mstate):
+    """Where the loop's inputs go on the mesh: prompts and per-row state per the table, the key replicated."""
+    return (layout.batch(prompt_shape, rest="seq"), layout.batch(prompt_shape[:1]), layout.method_state(mstate),
+            layout.replicated)
 
 
 def rank_tokens(pair: Pair, texts: Sequence[str]) -> Pair:
@@ -276,7 +277,7 @@ def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: 
     def build():
         draft_params = _draft_params(pair, lc.method)
         mstate = loop.init_method_state(lc.method, batch)
-        shard = _input_shardings(lc.layout, mstate, batch) if lc.layout else (None,) * 4
+        shard = _input_shardings(lc.layout, (batch, width), mstate) if lc.layout else (None,) * 4
         struct = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
         args = (pair.target.params, draft_params, struct(jnp.zeros((batch, width), jnp.int32), shard[0]),
                 struct(jnp.zeros((batch,), jnp.int32), shard[1]),
@@ -386,7 +387,7 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
         draft_params = _draft_params(pair, m)
         inputs = (prompt, lengths, loop.init_method_state(m, B, thresholds), sub)
         if pair.layout is not None:
-            inputs = pair.layout.place(inputs, _input_shardings(pair.layout, inputs[2], B))
+            inputs = pair.layout.place(inputs, _input_shardings(pair.layout, prompt.shape, inputs[2]))
         t = time.perf_counter()
         s = jax.block_until_ready(compiled(pair.target.params, draft_params, *inputs))
         run_s += time.perf_counter() - t

@@ -161,37 +161,38 @@ class Layout:
         return jax.tree.map(lambda s: self.sharding(s.axes, s.shape, counts), models.param_specs(c),
                             is_leaf=lambda x: isinstance(x, models.ParamSpec))
 
-    def cache(self, c: models.Config, batch: int) -> models.KVCache:
-        """NamedShardings of a KVCache of `batch` rows (every layer alike; the length is irrelevant)."""
+    def cache(self, c: models.Config, batch: int, length: int) -> models.KVCache:
+        """NamedShardings of a KVCache of `batch` rows and `length` positions (every layer alike)."""
         axes = models.cache_axes()
-        kv = self.sharding(axes.k[0], (batch, 1, c.num_kv_heads, c.head_dim))
+        kv = self.sharding(axes.k[0], (batch, length, c.num_kv_heads, c.head_dim))
         return models.KVCache(k=(kv,) * c.num_layers, v=(kv,) * c.num_layers,
                               lengths=self.sharding(axes.lengths, (batch,)))
 
     # ------------------------------------------------------------ loop and threshold state
 
-    def batch(self, batch: int, ndim: int = 1, at: int = 0) -> NamedSharding:
-        """An array with its batch axis at `at` and nothing else sharded."""
-        axes = tuple("batch" if i == at else None for i in range(ndim))
-        return self.sharding(axes, tuple(batch if i == at else 1 for i in range(ndim)))
+    def batch(self, shape: tuple[int, ...], at: int = 0, rest: str = "draft_slot") -> NamedSharding:
+        """A per-row array of `shape`: "batch" at `at`, "rounds" before it (traces), `rest` after it (fixed-size
+        per-row buffers; "seq" for prompts)."""
+        return self.sharding(tuple("batch" if i == at else "rounds" if i < at else rest for i in range(len(shape))),
+                             shape)
 
     def method_state(self, s):
         """MethodState: every field is per row [B] except pooled thresholds (shape [], replicated)."""
-        B = s.draft_len.shape[0]
-        return jax.tree.map(lambda x: self.batch(B, x.ndim) if x.ndim else self.replicated, s)
+        return jax.tree.map(lambda x: self.batch(x.shape) if x.ndim else self.replicated, s)
 
     def loop_state(self, s, target: models.Config, draft: models.Config | None):
-        """LoopState field by field: caches per the table, per-row buffers on `data`, key and step replicated."""
+        """LoopState field by field: caches and per-row buffers per the table, key and step replicated."""
         B = s.last.shape[0]
-        row = lambda x: self.batch(B, x.ndim)
+        row = lambda x: self.batch(x.shape)
         dcache = s.draft_cache
         if draft is None:  # `ar` carries a placeholder draft cache with empty k and v
             dshard = dcache.replace(k=self.replicated, v=self.replicated, lengths=row(dcache.lengths))
         else:
-            dshard = self.draft.cache(draft, B)
-        trace = None if s.trace is None else jax.tree.map(lambda x: self.batch(B, x.ndim, at=1), s.trace)
-        return type(s)(target_cache=self.cache(target, B), draft_cache=dshard, last=row(s.last),
-                       pending=row(s.pending), n_pending=row(s.n_pending), out=row(s.out), done=row(s.done),
+            dshard = self.draft.cache(draft, B, dcache.k[0].shape[1])
+        trace = None if s.trace is None else jax.tree.map(lambda x: self.batch(x.shape, at=1), s.trace)
+        return type(s)(target_cache=self.cache(target, B, s.target_cache.k[0].shape[1]), draft_cache=dshard,
+                       last=row(s.last), pending=row(s.pending), n_pending=row(s.n_pending), out=row(s.out),
+                       done=row(s.done),
                        method=self.method_state(s.method), metrics=jax.tree.map(row, s.metrics),
                        key=self.replicated, step=self.replicated, trace=trace)
 

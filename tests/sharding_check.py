@@ -4,7 +4,7 @@ JAX starts, so it cannot share the test process). Prints one JSON object on its 
     {"single": {method: tokens}, "meshes": {mesh: {"tokens": {method: tokens}, "params": {...}, ...}},
      "loaded": {source kind: {...}}}
 
-    python tests/sharding_check.py [--full] [--hf DRAFT_DIR TARGET_DIR] [--tmp DIR]
+    python tests/sharding_check.py [--hf DRAFT_DIR TARGET_DIR] [--tmp DIR]
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ from adasd_jax.engine import Model, Pair
 MESHES = ("data=8,model=1", "data=1,model=8", "data=2,model=4", "data=4,model=2")
 # every method, with small draft buffers: each (method, mesh) is one compilation (~5 s of CPU on a mesh)
 METHODS = ("ar", "sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2", "fsd:K=2", "adasd:K=2,k_max=2")
-# mesh -> (methods, draft replicated). CI: every method on the mixed mesh, one more on each other mesh, the draft
-# sharded like the target on data=4,model=2; --full: every method on every mesh (and the draft option on 2x4).
-# A key is a mesh and, after it, `--rule` items: "MESH 2d" is the table with the MLP, vocabulary and query heads on
-# both mesh axes (weights stay put, rows move).
-CI_PLAN = {"data=2,model=4": (METHODS, True), "data=8,model=1": (("sd:K=2",), True),
-           "data=1,model=8": (("fsd:K=2",), True), "data=4,model=2": (("adasd:K=2,k_max=2",), False),
-           "data=2,model=4 2d": (("ar", "adasd:K=2,k_max=2"), False)}
-FULL_PLAN = {mesh: (METHODS, True) for mesh in MESHES}
+# mesh -> (methods, draft replicated): every method on every mesh, the draft sharded like the target on
+# data=4,model=2. A key is a mesh and, after it, `--rule` items: "MESH 2d" is the table with the MLP, vocabulary
+# and query heads on both mesh axes (weights stay put, rows move); BUFFERS puts the per-row buffers, the prompts
+# and the caches' positions, and the trace's rounds on `model` too (table entries that the default leaves whole).
+BUFFERS = "data=2,model=4 draft_slot=model seq=model rounds=model"
+PLAN = {"data=2,model=4": (METHODS, True), "data=8,model=1": (METHODS, True), "data=1,model=8": (METHODS, True),
+        "data=4,model=2": (METHODS, False), "data=2,model=4 2d": (("ar", "adasd:K=2,k_max=2"), False),
+        BUFFERS: (("ar", "adasd:K=2,k_max=2"), True)}
 LOSSLESS = ("sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2")  # equal to ar on one device (test_engine)
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10], [20, 21]]  # batch 4: data=8 replicates it
 MAX_NEW = 12
@@ -63,17 +63,24 @@ def specs(tree) -> dict:
             for k, a in flat}
 
 
-def state_specs(pair: Pair, method: str) -> dict:
-    """Shardings of the loop state after the jitted prefill (caches included) on this pair's mesh."""
-    lc, ids = engine._setup(pair, PROMPTS, method, MAX_NEW, 0.0, 0, 1.0, False, False)
+def shapes(tree) -> dict:
+    return {jax.tree_util.keystr(k): list(a.shape) for k, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def state_specs(pair: Pair, method: str) -> tuple[dict, dict]:
+    """Shardings and shapes of the loop state (caches and trace included) after the jitted prefill on this
+    pair's mesh."""
+    lc, ids = engine._setup(pair, PROMPTS, method, MAX_NEW, 0.0, 0, 1.0, False, True)
     prompt, lengths, max_len = engine._pad(ids, lc)
     mstate = loop.init_method_state(lc.method, len(ids))
     inputs = pair.layout.place((prompt, lengths, mstate, jax.random.key(0)),
-                               engine._input_shardings(pair.layout, mstate, len(ids)))
+                               engine._input_shardings(pair.layout, prompt.shape, mstate))
     prefill = jax.jit(loop.prefill, static_argnums=(2, 5))
     s = prefill(pair.target.params, pair.draft.params, lc, inputs[0], inputs[1], max_len, inputs[2], inputs[3])
-    return specs({"target_cache": s.target_cache, "draft_cache": s.draft_cache, "out": s.out, "done": s.done,
-                  "thresholds": s.method.thresholds, "draft_len": s.method.draft_len, "key_data": jax.random.key_data(s.key)})
+    tree = {"target_cache": s.target_cache, "draft_cache": s.draft_cache, "out": s.out, "done": s.done,
+            "pending": s.pending, "thresholds": s.method.thresholds, "draft_len": s.method.draft_len,
+            "trace": s.trace, "prompt": inputs[0], "key_data": jax.random.key_data(s.key)}
+    return specs(tree), shapes(tree)
 
 
 def loop_collectives(pair: Pair) -> dict:
@@ -89,8 +96,8 @@ def loop_collectives(pair: Pair) -> dict:
     return out
 
 
-def run_methods(pair: Pair, methods) -> dict:
-    return {m: engine.generate(pair, PROMPTS, method=m, max_new_tokens=MAX_NEW).tokens for m in methods}
+def run_methods(pair: Pair, methods, trace: bool = False) -> dict:
+    return {m: engine.generate(pair, PROMPTS, method=m, max_new_tokens=MAX_NEW, trace=trace).tokens for m in methods}
 
 
 def placement(key: str) -> tuple[str, dict | None]:
@@ -113,25 +120,25 @@ def loaded(draft, target, key: str) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--full", action="store_true", help="every method on every mesh (default: CI_PLAN)")
     ap.add_argument("--hf", nargs=2, metavar=("DRAFT", "TARGET"), help="tiny HF pair directories to load on a mesh")
     ap.add_argument("--tmp", help="scratch directory for an Orbax round trip")
     a = ap.parse_args()
     assert jax.device_count() == 8, jax.devices()
     base = tiny_pair()
-    plan = FULL_PLAN if a.full else CI_PLAN
     result = {"single": run_methods(base, [m for m in METHODS if m not in LOSSLESS]), "meshes": {}, "loaded": {}}
     result["single"] |= {m: result["single"]["ar"] for m in LOSSLESS}
-    for mesh, (methods, replicate_draft) in plan.items():
+    for mesh, (methods, replicate_draft) in PLAN.items():
         on, rules = placement(mesh)
         pair = engine.shard(base, on, replicate_draft=replicate_draft, rules=rules)
+        state, state_shapes = state_specs(pair, "adasd:K=2,k_max=2,per_row=1")
         result["meshes"][mesh] = {
             "replicate_draft": replicate_draft,
-            "tokens": run_methods(pair, methods),
+            "tokens": run_methods(pair, methods, trace=mesh == BUFFERS),
             "target": specs(pair.target.params["layers"][0]) | specs({"embed": pair.target.params["embed"],
                                                                         "lm_head": pair.target.params["lm_head"]}),
             "draft": specs(pair.draft.params["layers"][0]),
-            "state": state_specs(pair, "adasd:K=2,k_max=2,per_row=1"),
+            "state": state,
+            "state_shapes": state_shapes,
             "loop_collectives": loop_collectives(pair),
         }
         if mesh == "data=2,model=4":  # streaming: the jitted prefill/round functions from a host loop, on a mesh
