@@ -4,7 +4,7 @@ JAX starts, so it cannot share the test process). Prints one JSON object on its 
     {"single": {method: tokens}, "meshes": {mesh: {"tokens": {method: tokens}, "params": {...}, ...}},
      "loaded": {source kind: {...}}}
 
-    python tests/sharding_check.py [--hf DRAFT_DIR TARGET_DIR] [--tmp DIR]
+    python tests/sharding_check.py [--hf DRAFT_DIR TARGET_DIR] [--tmp DIR] [--gguf FILE]
 """
 from __future__ import annotations
 
@@ -107,21 +107,24 @@ def placement(key: str) -> tuple[str, dict | None]:
 
 
 def loaded(draft, target, key: str) -> dict:
-    """load_pair with a mesh: shardings and values against the same files loaded on one device."""
+    """load_pair with a mesh: shardings and values against the same files loaded on one device (draft None: the
+    target alone)."""
     mesh, rules = placement(key)
-    one = engine.load_pair(draft=str(draft), target=str(target))
-    sharded = engine.load_pair(draft=str(draft), target=str(target), mesh=mesh, rules=rules)
-    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-               zip(jax.tree.leaves((one.target.params, one.draft.params)),
-                   jax.tree.leaves((sharded.target.params, sharded.draft.params))))
+    draft = draft and str(draft)
+    one = engine.load_pair(draft=draft, target=str(target))
+    sharded = engine.load_pair(draft=draft, target=str(target), mesh=mesh, rules=rules)
+    params = lambda p: (p.target.params, p.draft.params if p.draft else None)
+    same = all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(params(one)), jax.tree.leaves(params(sharded)), strict=True))
     return {"equal_values": same, "target": specs(sharded.target.params["layers"][0]) | specs(
-        {"embed": sharded.target.params["embed"]}), "draft": specs(sharded.draft.params["layers"][0])}
+        {"embed": sharded.target.params["embed"]}), "draft": draft and specs(sharded.draft.params["layers"][0])}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf", nargs=2, metavar=("DRAFT", "TARGET"), help="tiny HF pair directories to load on a mesh")
     ap.add_argument("--tmp", help="scratch directory for an Orbax round trip")
+    ap.add_argument("--gguf", help="a GGUF file (the real SmolLM2) to load on a mesh as a target alone")
     a = ap.parse_args()
     assert jax.device_count() == 8, jax.devices()
     base = tiny_pair()
@@ -149,6 +152,8 @@ def main():
     if a.hf:
         result["loaded"]["hf"] = loaded(*a.hf, "data=2,model=4")
         result["loaded"]["hf 2d"] = loaded(*a.hf, "data=2,model=4 2d")
+    if a.gguf:
+        result["loaded"]["gguf"] = loaded(None, a.gguf, "data=2,model=4")
     if a.tmp:
         tmp = Path(a.tmp)
         for name, model in (("target", base.target), ("draft", base.draft)):

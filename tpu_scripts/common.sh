@@ -168,8 +168,8 @@ run_options() {
 adasd_command() {
   local line
   # shellcheck disable=SC2016  # $HOME is for the workers' shell to expand
-  printf 'cd %s && env JAX_PLATFORMS=tpu ADASD_DISTRIBUTED=1 PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR="$HOME"/.cache/adasd-jax/jax-compile' \
-    "$(home_path "$TPU_REMOTE_DIR")"
+  printf 'cd %s && env JAX_PLATFORMS=tpu ADASD_DISTRIBUTED=1 PYTHONUNBUFFERED=1 %s' "$(home_path "$TPU_REMOTE_DIR")" \
+    'JAX_COMPILATION_CACHE_DIR="$HOME"/.cache/adasd-jax/jax-compile'
   while IFS= read -r line; do
     if [[ -z $line ]]; then continue; fi
     [[ $line =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env '$line' is not KEY=VALUE"
