@@ -153,3 +153,23 @@ def test_the_check_runs_end_to_end_on_small_shapes(tmp_path, monkeypatch, capsys
         loop = report["loops"][m]
         assert loop["compile_s"] > 0 and loop["new_tokens"] == 8 and loop["ms_per_round"] > 0
     assert report["loops"]["ar"]["rounds"] == 8 and report["projected"] and "tests" not in report
+
+
+def test_the_device_test_selection_is_the_23_parity_and_losslessness_tests():
+    """The check selects its tests by name: a renamed test would silently leave it. Collected here (no device)."""
+    import subprocess
+    import sys
+
+    from adasd_jax.bench.device_check import DEVICE_TEST_FILTER, DEVICE_TESTS, ROOT
+    from adasd_jax.bench.device_test_order import SLOWEST
+
+    p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                        *DEVICE_TESTS, "-k", DEVICE_TEST_FILTER], cwd=ROOT, capture_output=True, text=True,
+                       check=False)
+    ids = [line for line in p.stdout.splitlines() if "::" in line]
+    assert p.returncode == 0 and len(ids) == 23, p.stdout[-3000:]
+    assert {i.split("[")[1].rstrip("]") for i in ids if "prefill_logits" in i} == {"llama", "qwen2", "qwen2-tied"}
+    for name in SLOWEST:  # the slowest-first order names tests that are there
+        assert any(name in i for i in ids), name
+    for word in ("lossless", "rollback", "ragged", "width_equals", "steps_equals"):
+        assert any(word in i for i in ids), word
