@@ -155,6 +155,14 @@ def test_the_check_runs_end_to_end_on_small_shapes(tmp_path, monkeypatch, capsys
     assert report["loops"]["ar"]["rounds"] == 8 and report["projected"] and "tests" not in report
 
 
+def test_the_tests_get_what_the_timings_leave_of_the_budget():
+    from adasd_jax.bench.device_check import MIN_TEST_S, time_for_tests
+
+    assert time_for_tests(300, 90, None) == 200  # session 17's projected timings: the tests get 200 s
+    assert time_for_tests(300, 168, None) == MIN_TEST_S == 150  # session 16's slower machine: the floor
+    assert time_for_tests(300, 500, 240) == 240  # --test-timeout wins
+
+
 def test_the_device_test_selection_is_the_23_parity_and_losslessness_tests():
     """The check selects its tests by name: a renamed test would silently leave it. Collected here (no device)."""
     import subprocess

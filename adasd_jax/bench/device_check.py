@@ -11,7 +11,9 @@ host's cores (at most 8 xdist workers). Session 16 timed it at 296 s (timings 15
 timing 11 step programs one after another; 23 tests 139 s, with the two 70 s tests started last), then at 304 s
 on a slower machine with each worker started on one of the slowest tests (`device_test_order`; tests 130 s).
 Since session 17 every timed program (the 11 step programs and the loop check's two, 42 s of which was `sd:K=4`
-alone) compiles at once, in threads, before anything is timed; no GPU has timed that yet.
+alone) compiles at once, in threads, before anything is timed; no GPU has timed that yet. The tests get what the
+timings leave of `--budget` (300 s), at least the 150 s that session 16's took, so the check ends by
+max(300 s, timings + 150 s) and says how long it took.
 
 1. Last, once the device is free of the timings: runs the test suite's parity and losslessness tests with JAX on
    the accelerator (float32 with `highest` matmul precision: TF32 would make float32 equality a bfloat16-like
@@ -285,10 +287,22 @@ def project_saved(steps_json: Path, records: list[Path]) -> dict[str, dict]:
                              f"from {steps_json}")
 
 
+STARTED = time.perf_counter()  # at import, before JAX's: the whole check's clock
+MIN_TEST_S = 150  # session 16's test phases took 130-138 s on an H200
+
+
+def time_for_tests(budget: float, elapsed: float, explicit: int | None) -> int:
+    """The tests' time: --test-timeout if given, else what the timings left of the budget (10 s kept for the
+    test process to start and stop), never under MIN_TEST_S."""
+    return explicit if explicit is not None else max(MIN_TEST_S, int(budget - elapsed - 10))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--test-timeout", type=int, default=240)
+    ap.add_argument("--budget", type=float, default=300.0,
+                    help="seconds for the whole check: the tests get what the timings leave (at least 150)")
+    ap.add_argument("--test-timeout", type=int, default=None, help="seconds for the tests (default: from --budget)")
     ap.add_argument("--test-workers", type=int, default=default_workers(),
                     help="pytest-xdist processes for the tests (1: none; default: half the host's cores, at most 8)")
     ap.add_argument("--steps-only", action="store_true", help="time one-row steps only: no loop, projection or tests")
@@ -386,7 +400,11 @@ def main(argv=None) -> int:
             workers = a.test_workers
         except ImportError:
             workers = 1
-        report["tests"] = run_tests("cuda" if dev.platform == "gpu" else dev.platform, a.test_timeout, workers)
+        timeout = time_for_tests(a.budget, time.perf_counter() - STARTED, a.test_timeout)
+        print(f"tests: {timeout}s of the {a.budget:.0f}s budget", flush=True)
+        report["tests"] = run_tests("cuda" if dev.platform == "gpu" else dev.platform, timeout, workers)
+    report["whole_s"] = time.perf_counter() - STARTED
+    print(f"whole check: {report['whole_s']:.0f}s (budget {a.budget:.0f}s)", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1, default=str))
     return 0 if report.get("tests", {}).get("returncode", 0) == 0 else 1
