@@ -263,6 +263,24 @@ def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_runs_the_other_baselines_and_checks_the_lossless_ones(loaded, tmp_path):
+    """dynamic and AdaEDL through the harness: lossless, and the harness says so; fsd is lossy and counted so."""
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"w{7 + i} w{50 + i}", "answer": f"w\n#### {i}"})
+                              for i in range(2)))
+    res = _bench(loaded, tmp_path / "out", "--data-file", data, "--limit", 2, "--max-new-tokens", 12,
+                 "--methods", "ar,dynamic,adaedl,fsd:tau=0.8", "--no-plots")
+    rows, records = res["summary"]["methods"], res["records"]
+    for m in ("dynamic", "adaedl"):
+        assert rows[m]["lossless_check"] == "identical" and rows[m]["identical_to_ar"] == 2
+        assert rows[m]["drafted"] == sum(r["drafted"] for r in records[m]) > 0
+    f = "fsd:tau=0.8"  # accepts a mismatch whose JS distance is at most 0.8
+    assert "lossless_check" not in rows[f] and rows[f]["lossy"] == sum(r["lossy"] for r in records[f])
+    assert rows[f]["lossy"] > 0 and rows[f]["identical_to_ar"] < 2
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert all(f"| {m} |" in md for m in ("dynamic", "adaedl", f))
+
+
 def test_run_interleaves_methods_times_compilation_apart_scores_and_shows_progress(loaded, monkeypatch, capsys):
     """runner.run rotates the method order per batch of problems (drift hits every method alike), keeps each first
     call's compilation out of its run time, scores every record, and shows a running tokens/s per method."""
