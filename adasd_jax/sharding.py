@@ -192,8 +192,7 @@ class Layout:
         trace = None if s.trace is None else jax.tree.map(lambda x: self.batch(x.shape, at=1), s.trace)
         return type(s)(target_cache=self.cache(target, B, s.target_cache.k[0].shape[1]), draft_cache=dshard,
                        last=row(s.last), pending=row(s.pending), n_pending=row(s.n_pending), out=row(s.out),
-                       done=row(s.done),
-                       method=self.method_state(s.method), metrics=jax.tree.map(row, s.metrics),
+                       done=row(s.done), method=self.method_state(s.method), metrics=jax.tree.map(row, s.metrics),
                        key=self.replicated, step=self.replicated, trace=trace)
 
     def constrain(self, s, target: models.Config, draft: models.Config | None):
