@@ -113,8 +113,8 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
         nd = _numpy_dtype(d if d is not None else jnp.dtype(jnp.float32))
         if kind == "gguf":
             c, np_params = gguf.load(path, nd, progress)
-        else:
-            c, np_params = safetensors.load(path, nd)
+        else:  # sharded: memory-mapped, so that each shard is read from disk and cast alone
+            c, np_params = safetensors.load(path, None if shardings is not None else nd)
             c = _merge_generation_eos(c, path)
         check_params(np_params, c)
         if callable(shardings):
@@ -122,8 +122,8 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
         if shardings is None:
             params = jax.tree.map(jnp.asarray, np_params)
         else:
-            params = jax.tree.map(lambda a, s: jax.make_array_from_callback(a.shape, s, lambda idx: a[idx]),
-                                  np_params, shardings)
+            params = jax.tree.map(lambda a, s: jax.make_array_from_callback(
+                a.shape, s, lambda idx: np.asarray(a[idx], nd)), np_params, shardings)
     tok = None
     if tokenizer:
         with warnings.catch_warnings():

@@ -51,6 +51,27 @@ def test_bfloat16_checkpoint_loads_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(params["layers"][1]["w_up"]), ref)
 
 
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+def test_a_sharded_load_reads_each_shard_from_a_memory_map(tmp_path, monkeypatch, stored):
+    """With shardings, a Hugging Face checkpoint stays memory-mapped: each device's slice is read from disk and cast
+    alone (no host copy of the whole model per host), and the values are those of a plain load."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from models.load import safetensors
+
+    d = make_hf_model(tmp_path / stored, "qwen2", dtype=stored)
+    read, real = [], safetensors.load
+    monkeypatch.setattr(safetensors, "load", lambda *a: read.append(real(*a)[1]) or (real(*a)))
+    plain = models.load(d, "float32", tokenizer=False)[1]
+    one = NamedSharding(jax.make_mesh((1,), ("x",)), PartitionSpec())
+    sharded = models.load(d, "float32", tokenizer=False, shardings=lambda c: jax.tree.map(
+        lambda _: one, models.param_specs(c), is_leaf=lambda x: isinstance(x, models.ParamSpec)))[1]
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(sharded), strict=True):
+        assert b.dtype == jnp.float32 and np.array_equal(np.asarray(a), np.asarray(b))
+    assert all(type(a) is np.ndarray for a in jax.tree.leaves(read[0]))  # the plain load: in memory
+    assert all(isinstance(a, np.memmap) and not a.flags.writeable for a in jax.tree.leaves(read[1]))  # mapped
+
+
 def test_prefill_then_steps_equals_full_forward(hf_models):
     c, params, _ = models.load(hf_models["qwen2"], "float32")
     ids = np.random.default_rng(1).integers(3, c.vocab_size, size=(1, 24))

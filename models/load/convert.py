@@ -33,7 +33,8 @@ class CheckpointError(ValueError):
 
 
 def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], dtype, progress: bool = False) -> dict:
-    """Build our tree from HF-named tensors. `get(name)` returns a numpy array in HF's layout."""
+    """Build our tree from HF-named tensors. `get(name)` returns a numpy array in HF's layout; `dtype` None keeps
+    each as `get` returns it (a memory map stays one)."""
     from models.transformer import param_specs  # local: transformer imports nothing from load
 
     def fetch(name: str) -> np.ndarray:
@@ -43,11 +44,12 @@ def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], d
 
     from tqdm import tqdm
 
+    cast = (lambda a: a) if dtype is None else (lambda a: np.array(a, dtype))  # a copy in memory, never a map
     specs = param_specs(c)
-    layers = [{ours: fetch(f"model.layers.{i}.{_LAYER[ours]}").astype(dtype) for ours in specs["layers"][i]}
+    layers = [{ours: cast(fetch(f"model.layers.{i}.{_LAYER[ours]}")) for ours in specs["layers"][i]}
               for i in tqdm(range(c.num_layers), desc="convert layers", unit="layer", disable=not progress)]
-    params = {"embed": fetch("model.embed_tokens.weight").astype(dtype), "layers": layers,
-              "final_norm": fetch("model.norm.weight").astype(dtype)}
+    params = {"embed": cast(fetch("model.embed_tokens.weight")), "layers": layers,
+              "final_norm": cast(fetch("model.norm.weight"))}
     if not c.tie_word_embeddings:
-        params["lm_head"] = fetch("lm_head.weight").astype(dtype)
+        params["lm_head"] = cast(fetch("lm_head.weight"))
     return params

@@ -13,17 +13,23 @@ from models.config import Config, from_hf
 from models.load.convert import CheckpointError, hf_to_params
 
 
-def _read_bf16(path: Path, name: str) -> np.ndarray:
-    """safetensors' numpy API has no bfloat16: read the raw bytes at the header's offsets."""
+DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}  # safetensors' numpy API lacks BF16
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    """(offset of the data section, the header: tensor name -> dtype, shape, data_offsets)."""
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
-        info = json.loads(f.read(n))[name]
-        start, end = info["data_offsets"]
-        f.seek(8 + n + start)
-        buf = f.read(end - start)
-    if len(buf) != end - start:
+        return 8 + n, json.loads(f.read(n))
+
+
+def _mapped(path: Path, data_start: int, info: dict, name: str) -> np.ndarray:
+    """A read-only memory map of one tensor: slicing it reads only the slice's bytes from disk."""
+    begin, end = info["data_offsets"]
+    if data_start + end > path.stat().st_size:
         raise CheckpointError(f"{path} is truncated (tensor {name!r})")
-    return np.frombuffer(buf, dtype=ml_dtypes.bfloat16).reshape(info["shape"]).astype(np.float32)
+    return np.memmap(path, dtype=DTYPES[info["dtype"]], mode="r", offset=data_start + begin,
+                     shape=tuple(info["shape"]))
 
 
 def _index(directory: Path) -> dict[str, Path]:
@@ -58,19 +64,23 @@ def load_config(directory: Path) -> Config:
 
 
 def load(directory: Path, dtype) -> tuple[Config, dict]:
+    """(config, tree of numpy arrays in `dtype`); dtype None: float tensors stay memory-mapped as stored, so that a
+    sharded load reads and casts only each device's slice."""
     c = load_config(directory)
     where = _index(directory)
-    handles = {}
+    headers, handles = {}, {}
 
     def get(name: str) -> np.ndarray:
         path = where[name]
         try:
+            if path not in headers:
+                headers[path] = _header(path)
+            start, header = headers[path]
+            if header[name]["dtype"] in DTYPES:
+                return _mapped(path, start, header[name], name)
             if path not in handles:
                 handles[path] = safe_open(str(path), framework="np")
-            f = handles[path]
-            if f.get_slice(name).get_dtype() == "BF16":
-                return _read_bf16(path, name)
-            return f.get_tensor(name).astype(np.float32)
+            return handles[path].get_tensor(name).astype(np.float32)
         except CheckpointError:
             raise
         except Exception as e:
