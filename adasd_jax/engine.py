@@ -306,7 +306,8 @@ def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if m.draft_vocab and pair.layout is not None:
-        raise ValueError("draft_vocab runs on one device for now: load the pair without a mesh, or drop draft_vocab")
+        raise ValueError("draft_vocab runs on one device for now: load the pair without a mesh (adasd: --mesh none), "
+                         "or drop draft_vocab")
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     ids = encode(pair, prompts, chat)

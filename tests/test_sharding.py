@@ -277,3 +277,12 @@ def test_multihost_launch_is_detected_from_the_environment(monkeypatch, env, wan
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert sharding.distributed_requested() is want
+
+
+def test_draft_vocab_on_a_mesh_is_refused_with_the_fix(tiny_pair):
+    """The CLI shards by default where there are several devices: the refusal names how to keep one."""
+    from adasd_jax import engine
+
+    pair = engine.shard(tiny_pair, "")  # every device (one here) on model
+    with pytest.raises(ValueError, match="--mesh none"):
+        engine.generate(pair, [[5, 6, 7]], method="adasd:draft_vocab=32", max_new_tokens=4)
