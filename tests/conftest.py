@@ -63,6 +63,17 @@ def make_hf_model(directory, family: str, seed: int = 0, dtype: str = "float32",
     return directory
 
 
+def gsm8k_file(directory, n: int, first: int, second: int, tail: str = ""):
+    """directory/gsm8k.jsonl with n GSM8K-style rows in the tiny tokenizer's words: question i is
+    'w{first + i} w{second + i}' + tail, answer i is i. Returns the path."""
+    import json
+
+    path = directory / "gsm8k.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"w{first + i} w{second + i}{tail}", "answer": f"w\n#### {i}"})
+                              for i in range(n)))
+    return path
+
+
 def flip_a_bit(converted):
     """Flip one bit in the middle of a converted model's largest data file (size kept); return the file."""
     data = max((f for f in (converted / "params").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)

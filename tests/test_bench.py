@@ -8,6 +8,7 @@ import time
 import zipfile
 
 import pytest
+from conftest import gsm8k_file
 
 from adasd_jax import engine, sharding
 from adasd_jax.bench import datasets, execution, peers, report, runner
@@ -222,9 +223,7 @@ def _bench(loaded, tmp_path, *extra):
 
 
 def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"w{5 + i} w{40 + i} w7", "answer": f"w\n#### {i}"})
-                              for i in range(4)))
+    data = gsm8k_file(tmp_path, 4, 5, 40, " w7")
     res = _bench(loaded, tmp_path / "out", "--data-file", data, "--limit", 3, "--offset", 1, "--max-new-tokens", 10,
                  "--methods", "ar,sd:K=3,adasd,hf-ar,hf-assisted")
     printed = capsys.readouterr().out
@@ -265,9 +264,7 @@ def test_bench_gsm8k_end_to_end(loaded, tmp_path, capsys):
 
 def test_bench_runs_the_other_baselines_and_checks_the_lossless_ones(loaded, tmp_path):
     """dynamic and AdaEDL through the harness: lossless, and the harness says so; fsd is lossy and counted so."""
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"w{7 + i} w{50 + i}", "answer": f"w\n#### {i}"})
-                              for i in range(2)))
+    data = gsm8k_file(tmp_path, 2, 7, 50)
     res = _bench(loaded, tmp_path / "out", "--data-file", data, "--limit", 2, "--max-new-tokens", 12,
                  "--methods", "ar,dynamic,adaedl,fsd:tau=0.8", "--no-plots")
     rows, records = res["summary"]["methods"], res["records"]
@@ -453,9 +450,7 @@ def test_per_problem_ratios_are_paired_medians_robust_to_one_slow_problem():
 
 
 def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"w{9 + i} w{30 + i}", "answer": f"w\n#### {i}"})
-                              for i in range(4)))
+    data = gsm8k_file(tmp_path, 4, 9, 30)
     draft, target, pair, hf = loaded
     common = ["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress", "--no-plots",
               "--data-file", str(data), "--max-new-tokens", "6", "--methods", "ar,sd:K=2,hf-ar", "--peer-limit", "1"]
@@ -531,9 +526,7 @@ def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
     command plus --resume runs the rest with the same method order, and gives what an uninterrupted run gives for
     the lossless methods, and what a fresh run of the rest gives for adasd (its threshold state restarts there).
     A checkpoint left unresumed, and a resume with other settings, are refused by name."""
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"w{9 + i} w{30 + i}", "answer": f"w\n#### {i}"})
-                              for i in range(3)))
+    data = gsm8k_file(tmp_path, 3, 9, 30)
     draft, target, pair, hf = loaded
     common = ["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress", "--no-plots",
               "--data-file", str(data), "--max-new-tokens", "6", "--methods", "ar,sd:K=2,adasd,hf-ar"]
@@ -640,9 +633,7 @@ def test_bench_draft_vocab_ranks_on_a_corpus_without_the_benchmarked_rows(loaded
 
 
 def test_bench_seeds_repeat_each_problem_with_new_samples(loaded, tmp_path):
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"w{5 + i} w{40 + i} w7", "answer": f"w\n#### {i}"})
-                              for i in range(2)))
+    data = gsm8k_file(tmp_path, 2, 5, 40, " w7")
     args = ["--data-file", data, "--limit", 2, "--max-new-tokens", 12, "--methods", "ar,sd:K=3", "--no-plots"]
     with pytest.raises(ValueError, match="greedy decoding .* gives every seed the same tokens"):
         _bench(loaded, tmp_path / "greedy", *args, "--seeds", 2)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import gsm8k_file
 
 from adasd_jax import cli
 
@@ -66,9 +67,7 @@ def test_generate_across_two_processes_prints_once_and_equals_one_device(pair_ar
 
 
 def test_bench_resumes_and_refuses_as_one_across_two_processes(pair_args, tmp_path):
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"w{9 + i} w{30 + i}", "answer": f"w\n#### {i}"})
-                              for i in range(2)))
+    data = gsm8k_file(tmp_path, 2, 9, 30)
     common = ["bench", *pair_args, *MESH, "--no-progress", "--no-plots", "--no-step-timing", "--data-file", data,
               "--max-new-tokens", "6", "--methods", "ar,adasd"]
     own = lambda name: lambda i: [*common, "--out-dir", tmp_path / (name if i == 0 else f"{name}_process1")]
