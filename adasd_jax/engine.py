@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +28,7 @@ import models
 from adasd_jax import fetch, loop, policies, sharding
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
-from adasd_jax.state import ThresholdState, Trace
+from adasd_jax.state import CostTable, ThresholdState, Trace
 
 MIN_BUCKET = 16
 
@@ -59,6 +62,7 @@ class Pair:
     max_buckets: int = 0  # keep the executables of at most this many (batch, prompt width) buckets; 0: all
     layout: sharding.Layout | None = None  # the mesh and table the parameters are placed on (None: one device)
     token_ranks: np.ndarray | None = None  # token ids, most frequent first: the subsets of `draft_vocab=N` methods
+    cost_tables: dict = dataclasses.field(default_factory=dict)  # cost_table's key -> (CostTable, how it was made)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -77,6 +81,8 @@ class Output:
     trace: Trace | None
     compile_s: float
     run_s: float  # wall time of the generation itself, compilation excluded
+    costs: CostTable | None = None  # the cost table a stop="cost" method ran with (target-step units)
+    cost_source: str = ""  # "measured" (timed on the compiled programs), "cached" or "bytes" (estimated)
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,11 +91,16 @@ class Output:
     def summary(self) -> dict[str, float]:
         m = self.metrics
         calls = m["rounds"].sum() + len(m["rounds"])
-        return {"new_tokens": int(m["new_tokens"].sum()), "tokens_per_s": self.tokens_per_s,
-                "compile_s": self.compile_s, "run_s": self.run_s, "target_calls": int(calls),
-                "tokens_per_call": float(m["new_tokens"].sum() / max(calls, 1)),
-                "drafted": int(m["drafted"].sum()), "accepted": int(m["accepted"].sum()),
-                "lossy": int(m["lossy"].sum()), "t_g": float(np.mean(m["t_g"])), "t_v": float(np.mean(m["t_v"]))}
+        out = {"new_tokens": int(m["new_tokens"].sum()), "tokens_per_s": self.tokens_per_s,
+               "compile_s": self.compile_s, "run_s": self.run_s, "target_calls": int(calls),
+               "tokens_per_call": float(m["new_tokens"].sum() / max(calls, 1)),
+               "drafted": int(m["drafted"].sum()), "accepted": int(m["accepted"].sum()),
+               "draft_steps": int(m["draft_steps"].sum()),
+               "lossy": int(m["lossy"].sum()), "t_g": float(np.mean(m["t_g"])), "t_v": float(np.mean(m["t_v"]))}
+        if self.costs is not None:
+            out.update(cost_draft=float(self.costs.draft), cost_verify=np.asarray(self.costs.verify).round(4).tolist(),
+                       cost_source=self.cost_source, rate=float(np.mean(policies.rate(self.state, self.costs))))
+        return out
 
 
 # ---------------------------------------------------------------- loading
@@ -277,16 +288,113 @@ def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: 
     def build():
         draft_params = _draft_params(pair, lc.method)
         mstate = loop.init_method_state(lc.method, batch)
+        costs = CostTable.flat(len(lc.widths))
         shard = _input_shardings(lc.layout, (batch, width), mstate) if lc.layout else (None,) * 4
         struct = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
         args = (pair.target.params, draft_params, struct(jnp.zeros((batch, width), jnp.int32), shard[0]),
                 struct(jnp.zeros((batch,), jnp.int32), shard[1]),
                 mstate if lc.layout is None else jax.tree.map(struct, mstate, shard[2]),
-                jax.random.key(0) if lc.layout is None else struct(jax.random.key(0), shard[3]))
+                jax.random.key(0) if lc.layout is None else struct(jax.random.key(0), shard[3]),
+                costs if lc.layout is None else jax.tree.map(lambda x: struct(x, shard[3]), costs))
         fn = jax.jit(functools.partial(loop.generate), static_argnums=(2, 5))
-        return fn.lower(args[0], args[1], lc, args[2], args[3], max_len, args[4], args[5]).compile()
+        return fn.lower(args[0], args[1], lc, args[2], args[3], max_len, args[4], args[5], args[6]).compile()
 
     return _cached(pair, ("generate", batch, width, lc, max_len), build)
+
+
+# ---------------------------------------------------------------- the cost table (stop="cost")
+
+def _median_s(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compiles on the first call
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, repeats: int = 5) -> CostTable:
+    """Time the loop's own programs on this device, median of `repeats` after a warm-up call: one draft step and one
+    verification at each static width (the target forward and the acceptance over its positions, as `loop.verify`
+    runs them), in units of the narrowest verification (one row: an autoregressive step)."""
+    B, K, V = batch, lc.k, lc.vocab
+    pt, pd = pair.target.params, loop.with_draft_head(_draft_params(pair, lc.method), lc)
+    cache = lambda c, params: models.init_cache(c, B, max_len, jax.tree.leaves(params)[0].dtype).with_lengths(
+        jnp.full((B,), max_len // 2, jnp.int32))
+
+    @jax.jit
+    def draft_step(pd, x, cache):
+        q, cache = loop.draft_forward(pd, lc, x[:, None], cache, jnp.ones((B,), jnp.int32))
+        return q, cache
+
+    @jax.jit
+    def verification(pt, cache, n, q_buf, keys):
+        s = types.SimpleNamespace(done=jnp.zeros((B,), bool), last=jnp.zeros((B,), jnp.int32), target_cache=cache)
+        return loop.verify(pt, lc, s, jnp.zeros((B, K), jnp.int32), n, jnp.zeros((B,), bool), q_buf,
+                           jnp.zeros((B,), jnp.float32), keys)
+
+    args = (cache(lc.target, pt), None, jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B))
+    verify_s = [_median_s(verification, pt, args[0], jnp.full((B,), w, jnp.int32), *args[2:], repeats=repeats)
+                for w in lc.widths]
+    draft_s = _median_s(draft_step, pd, jnp.zeros((B,), jnp.int32), cache(lc.draft, pd), repeats=repeats)
+    verify_s = np.maximum.accumulate(verify_s)  # a wider verification does the narrower one's work and more
+    return CostTable(draft=jnp.float32(draft_s / verify_s[0]), verify=jnp.asarray(verify_s / verify_s[0], jnp.float32))
+
+
+def bytes_costs(pair: Pair, lc: loop.LoopConfig) -> CostTable:
+    """Without timings: a draft step costs the draft's parameter bytes over the target's, every width one step."""
+    size = lambda params: sum(x.nbytes for x in jax.tree.leaves(params))
+    return CostTable.flat(len(lc.widths), size(pair.draft.params) / size(pair.target.params))
+
+
+def _costs_file() -> Path:
+    return fetch.cache_dir() / "cost_tables.json"
+
+
+def _read_tables() -> dict:
+    """The cached cost tables; an unreadable file counts as none (they are measured again)."""
+    try:
+        return json.loads(_costs_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_table(key: str, table: CostTable) -> None:
+    """Add one table to the cache file: written to a temporary name, then renamed over it."""
+    tables = {**_read_tables(), key: {"draft": float(table.draft), "verify": np.asarray(table.verify).tolist()}}
+    path = _costs_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(tables, indent=1))
+    os.replace(tmp, path)
+
+
+def _cost_key(pair: Pair, lc: loop.LoopConfig, batch: int) -> str:
+    dtype = lambda m: str(jax.tree.leaves(m.params)[0].dtype)
+    return "|".join(map(str, (pair.target.source, dtype(pair.target), pair.draft.source, dtype(pair.draft),
+                               pair.draft.layers, lc.method.draft_vocab, jax.devices()[0].device_kind, batch,
+                               lc.widths)))
+
+
+def cost_table(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int) -> tuple[CostTable, str]:
+    """The pair's cost table for this device, dtype, batch and width set: measured once, then kept on the pair and,
+    for models loaded from files, in the cache directory (written atomically). On a mesh: the bytes estimate."""
+    key = _cost_key(pair, lc, batch)
+    if key in pair.cost_tables:
+        return pair.cost_tables[key]
+    on_disk = all(Path(m.source).exists() for m in (pair.target, pair.draft))
+    saved = _read_tables().get(key) if on_disk else None
+    if saved is not None:
+        made = CostTable(draft=jnp.float32(saved["draft"]), verify=jnp.asarray(saved["verify"], jnp.float32)), "cached"
+    elif pair.layout is not None:
+        made = bytes_costs(pair, lc), "bytes"
+    else:
+        made = measure_costs(pair, lc, batch, max_len), "measured"
+        if on_disk:
+            _save_table(key, made[0])
+    pair.cost_tables[key] = made
+    return made
 
 
 def generate_programs(pair: Pair):
@@ -369,26 +477,34 @@ def _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s) -> Outp
 def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
              state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
-             batch_size: int | None = None, trace: bool = False) -> Output:
-    """Generate for a list of prompts (strings or token-id lists). See the module docstring."""
+             batch_size: int | None = None, trace: bool = False, costs: CostTable | None = None) -> Output:
+    """Generate for a list of prompts (strings or token-id lists). See the module docstring. A stop="cost" method
+    runs with `costs`, else with the pair's cost table (measured at its first use, then cached)."""
     lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace)
     m = lc.method
     bs = batch_size or len(ids)
     thresholds = state
     key = jax.random.key(seed)
     tokens, rows, traces, compile_s, run_s = [], [], [], 0.0, 0.0
+    table, source = (costs, "given") if costs is not None else (None, "")
     for start in range(0, len(ids), bs):
         chunk = ids[start:start + bs]
         B = len(chunk)
         prompt, lengths, max_len = _pad(chunk, lc)
         compiled, c_s = _compiled(pair, lc, B, prompt.shape[1], max_len)
         compile_s += c_s
+        if m.cost_aware and costs is None:
+            t = time.perf_counter()
+            table, source = cost_table(pair, lc, B, max_len)
+            compile_s += time.perf_counter() - t  # warm-up: reported with compilation, apart from the run
+        run_costs = table if m.cost_aware else CostTable.flat(len(lc.widths))
         thresholds = _initial_thresholds(pair, m, thresholds, reset_state, B, start == 0 and state is not None)
         key, sub = jax.random.split(key)
         draft_params = _draft_params(pair, m)
-        inputs = (prompt, lengths, loop.init_method_state(m, B, thresholds), sub)
+        inputs = (prompt, lengths, loop.init_method_state(m, B, thresholds), sub, run_costs)
         if pair.layout is not None:
-            inputs = pair.layout.place(inputs, _input_shardings(pair.layout, prompt.shape, inputs[2]))
+            inputs = pair.layout.place(inputs, (*_input_shardings(pair.layout, prompt.shape, inputs[2]),
+                                                jax.tree.map(lambda _: pair.layout.replicated, run_costs)))
         t = time.perf_counter()
         s = jax.block_until_ready(compiled(pair.target.params, draft_params, *inputs))
         run_s += time.perf_counter() - t
@@ -398,7 +514,8 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
         rows.append(_row_metrics(m, s))
         if trace:
             traces.append(jax.tree.map(np.asarray, s.trace))
-    return _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s)
+    out = _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s)
+    return dataclasses.replace(out, costs=table, cost_source=source) if m.cost_aware else out
 
 
 def precompile(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
@@ -448,10 +565,13 @@ class Stream:
     """
 
     def __init__(self, pair: Pair, prompt, method="adasd", max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
-                 chat=True, state=None, reset_state=False, seed=0):
+                 chat=True, state=None, reset_state=False, seed=0, costs=None):
         self.pair = pair
         self.lc, ids = _setup(pair, [prompt], method, max_new_tokens, temperature, top_k, top_p, chat, False)
         self.prompt, self.lengths, self.max_len = _pad(ids, self.lc)
+        self.costs, self.cost_source = (costs, "given") if costs is not None else (
+            cost_table(pair, self.lc, 1, self.max_len) if self.lc.method.cost_aware else
+            (CostTable.flat(len(self.lc.widths)), ""))
         self.thresholds = _initial_thresholds(pair, self.lc.method, state, reset_state, 1, state is not None)
         self.seed, self.output = seed, None
 
@@ -479,10 +599,12 @@ class Stream:
                 shown = n
             if not bool(running(lc, s)):
                 break
-            s = step(pair.target.params, pd, lc, s)
+            s = step(pair.target.params, pd, lc, s, self.costs)
         elapsed = time.perf_counter() - t  # includes compilation on a first call
         self.output = _finish(pair, m, [np.asarray(s.out[0, :shown]).tolist()], [_row_metrics(m, s)],
                               s.method.thresholds, [], 0.0, elapsed)
+        if m.cost_aware:
+            self.output = dataclasses.replace(self.output, costs=self.costs, cost_source=self.cost_source)
 
 
 def stream(pair: Pair, prompt, **kw) -> Stream:

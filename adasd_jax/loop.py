@@ -18,7 +18,7 @@ import models
 from adasd_jax import policies
 from adasd_jax.divergence import Sampling, argmax, choose, entropy, js_distance, sample, transform
 from adasd_jax.policies import Method
-from adasd_jax.state import LoopState, MethodState, Metrics, ThresholdState, Trace
+from adasd_jax.state import CostTable, LoopState, MethodState, Metrics, ThresholdState, Trace
 
 # Candidate verification widths (proposals per target call). The target then runs w + 1 rows, a power
 # of two: XLA:CPU's bf16 dot streams the weights once per 8- or 16-row tile, so 9 rows cost 1.5x one row
@@ -122,39 +122,86 @@ def draft_forward(pd, lc: LoopConfig, tokens, cache, num_new, logits_index=None)
     return full.at[..., pd["vocab_ids"]].set(sub), cache
 
 
-def draft(pd, lc: LoopConfig, s: LoopState, key):
-    """Propose up to cap tokens per row, token by token, stopping rows by the method's entropy rule.
+def per_row_rule(m: Method, f, t: ThresholdState, *xs):
+    """A rule of one row's threshold state over the batch: the row's own state when per_row, else the pooled one."""
+    return jax.vmap(f, in_axes=(0 if m.per_row else None,) + (0,) * len(xs))(t, *xs)
 
-    Returns proposals [B,K], counts n [B], declined [B] (entropy stopped the row), the draft logits
-    q_1..q_{n+1} [B,K+1,V] (slot n holds the declined position, unless it was proposed) and the advanced draft cache.
+
+def catch_up(pd, lc: LoopConfig, s: LoopState, live):
+    """Feed the draft the tokens it missed while rounds skipped it (stop="cost"), a buffer's width at a time, until
+    every live row has at most 2 pending; returns the draft cache, the [B,2] pending tokens and their counts."""
+    B, C, O = s.last.shape[0], lc.k + 1, s.out.shape[1]
+    at = lambda n_pend, width: jnp.clip((s.metrics.new_tokens - n_pend)[:, None] + jnp.arange(width), 0, O - 1)
+
+    def chunk(c):  # pending tokens are out[new_tokens - n_pending : new_tokens]
+        cache, n_pend = c
+        take = jnp.where(live, jnp.clip(n_pend - 2, 0, C), 0)
+        _, cache = draft_forward(pd, lc, jnp.take_along_axis(s.out, at(n_pend, C), 1), cache, take,
+                                 jnp.zeros((B,), jnp.int32))
+        return cache, n_pend - take
+
+    cache, n_pend = jax.lax.while_loop(lambda c: (live & (c[1] > 2)).any(), chunk, (s.draft_cache, s.n_pending))
+    return cache, jnp.take_along_axis(s.out, at(n_pend, 2), 1), n_pend
+
+
+def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
+    """Propose up to cap tokens per row, token by token, stopping rows by the method's rule.
+
+    Returns proposals [B,K], counts n [B], declined [B] (the rule stopped the row at a token it had computed),
+    draft steps taken per row [B], the draft logits q_1..q_{n+1} [B,K+1,V] (slot n holds the declined position,
+    unless it was proposed) and the advanced draft cache.
     """
     m, K, V = lc.method, lc.k, lc.vocab
     B = s.last.shape[0]
-    q, cache = draft_forward(pd, lc, s.pending, s.draft_cache, s.n_pending, s.n_pending - 1)
     cap = policies.draft_cap(m, s.method)
-    init = dict(i=jnp.zeros((), jnp.int32), q=q[:, 0], cache=cache, want=~s.done & (cap > 0),
-                n=jnp.zeros((B,), jnp.int32), declined=jnp.zeros((B,), bool),
+    want = ~s.done & (cap > 0)
+    q0 = jnp.zeros((B, V), jnp.float32)
+    if m.cost_aware:  # a round may skip the draft: its cache then lags, and catches up when drafting resumes
+        v = policies.verify_cost(costs, lc.widths, K)
+        want = want & per_row_rule(m, lambda t, c: policies.start_drafting(t, costs, v, c), s.method.thresholds, cap)
+
+        def feed_pending(cache):
+            cache, pending, n_pend = catch_up(pd, lc, s.replace(draft_cache=cache), ~s.done)
+            q, cache = draft_forward(pd, lc, pending, cache, n_pend, n_pend - 1)
+            return q[:, 0], cache
+
+        q, cache = jax.lax.cond(want.any(), feed_pending, lambda cache: (q0, cache), s.draft_cache)
+    else:
+        q, cache = draft_forward(pd, lc, s.pending, s.draft_cache, s.n_pending, s.n_pending - 1)
+        q = q[:, 0]
+    init = dict(i=jnp.zeros((), jnp.int32), q=q, cache=cache, want=want, steps=want.astype(jnp.int32),
+                survival=jnp.ones((B,), jnp.float32), n=jnp.zeros((B,), jnp.int32), declined=jnp.zeros((B,), bool),
                 props=jnp.zeros((B, K), jnp.int32), q_buf=jnp.zeros((B, K + 1, V), jnp.float32))
 
     def body(c):
-        stop = c["want"] & policies.stop_drafting(m, s.method, entropy(c["q"]))
-        # propose_declined: the stopping token's draft step is paid already, so it is proposed too (then drafting stops)
-        propose = c["want"] if m.propose_declined else c["want"] & ~stop
+        h = entropy(c["q"])
+        survival = c["survival"]
+        if m.cost_aware:  # every wanting row sits at slot i: it has computed q_k, k = i + 1
+            rule = lambda t, surv, h, cap: policies.cost_step(t, costs, v, cap, m, V, surv, h, c["i"] + 1)
+            propose, go_on, survival = per_row_rule(m, rule, s.method.thresholds, survival, h, cap)
+            stop, propose = c["want"] & ~propose, c["want"] & propose
+            go_on = go_on & ~stop
+        else:
+            stop = c["want"] & policies.stop_drafting(m, s.method, h)
+            # propose_declined: the stopping token's draft step is paid already, so it is proposed too (then stops)
+            propose = c["want"] if m.propose_declined else c["want"] & ~stop
+            go_on = ~stop
         x = choose(jax.random.fold_in(key, c["i"]), c["q"], lc.sampling)
         n = c["n"] + propose
-        want = propose & ~stop & (n < cap)  # rows that go on drafting: every wanting row sits at slot i
+        want = propose & go_on & (n < cap)  # rows that go on drafting
 
         def feed(cache):
             logits, cache = draft_forward(pd, lc, x[:, None], cache, want.astype(jnp.int32))
             return logits[:, 0], cache
 
         q_next, cache = jax.lax.cond(want.any(), feed, lambda cache: (c["q"], cache), c["cache"])
-        return dict(i=c["i"] + 1, q=q_next, cache=cache, want=want, n=n, declined=c["declined"] | stop,
+        return dict(i=c["i"] + 1, q=q_next, cache=cache, want=want, steps=c["steps"] + want, survival=survival,
+                    n=n, declined=c["declined"] | stop,
                     props=jax.lax.dynamic_update_index_in_dim(c["props"], jnp.where(propose, x, 0), c["i"], 1),
                     q_buf=jax.lax.dynamic_update_index_in_dim(c["q_buf"], c["q"], c["i"], 1))
 
     c = jax.lax.while_loop(lambda c: c["want"].any(), body, init)
-    return c["props"], c["n"], c["declined"], c["q_buf"], c["cache"]
+    return c["props"], c["n"], c["declined"], c["steps"], c["q_buf"], c["cache"]
 
 
 # ---------------------------------------------------------------- verify
@@ -165,7 +212,7 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n, declined, q_buf, t_v, key
     as much as a draft step at the widest buffer (17 x 152k), so they follow the width, not the buffer.
 
     Returns emitted [B,K+1], accepted prefix lengths a [B], threshold contributions, per-row info with d and
-    ent padded to [B,K+1], and the target cache.
+    ent padded to [B,K+1], the target cache, and the index of the width that ran.
     """
     widths, K = lc.widths, lc.k
     longest = jnp.max(jnp.where(s.done, 0, n))
@@ -183,7 +230,7 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n, declined, q_buf, t_v, key
             return (pad(emitted), a, contrib, dict(info, d=pad(info["d"]), ent=pad(info["ent"]))), cache
         return run
 
-    return jax.lax.switch(index, [branch(w) for w in widths], s.target_cache)
+    return (*jax.lax.switch(index, [branch(w) for w in widths], s.target_cache), index)
 
 
 # ---------------------------------------------------------------- accept (one row; vmapped)
@@ -249,13 +296,14 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
     if m.name == "adasd" and m.count_declined and not m.propose_declined:  # static: a declined token left unproposed
         x_dec = choose(k_dec, q_logits[n], s)
         strict_dec = strict_verdicts(s, p_logits[n], q_logits[n], x_dec, jax.random.uniform(k_du))
-        verdict_dec = strict_dec if m.stats_on == "strict" else policies.accept(m, strict_dec, d[n], t_v)
+        final_dec = policies.accept(m, strict_dec, d[n], t_v)
+        verdict_dec = strict_dec if m.stats_on == "strict" else final_dec
         use_dec = declined & ~rejected
     else:
-        verdict_dec, use_dec = jnp.zeros((), bool), jnp.zeros((), bool)
+        verdict_dec = final_dec = use_dec = jnp.zeros((), bool)
     contrib = policies.threshold_contribution(
         m, jnp.append(verdict, verdict_dec), jnp.concatenate([d[:K], d[n][None]]),
-        jnp.concatenate([ent[:K], ent[n][None]]), jnp.append(counted, use_dec))
+        jnp.concatenate([ent[:K], ent[n][None]]), jnp.append(counted, use_dec), jnp.append(ok, final_dec), lc.vocab)
     bad = jnp.isnan(p_logits[: K + 1]).any(-1) & (jnp.arange(K + 1) <= n)
     info = dict(strict=jnp.sum(strict & counted), lossy=jnp.sum(ok & ~strict & (pos < a)),
                 nan=bad.any() | (jnp.isnan(q_logits).any(-1) & (jnp.arange(K + 1) <= n)).any(), d=d, ent=ent)
@@ -264,19 +312,20 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
 
 # ---------------------------------------------------------------- one round
 
-def round_step(pt, pd, lc: LoopConfig, s: LoopState) -> LoopState:
+def round_step(pt, pd, lc: LoopConfig, s: LoopState, costs: CostTable | None = None) -> LoopState:
     m, K = lc.method, lc.k
     B = s.last.shape[0]
+    costs = CostTable.flat(len(lc.widths)) if costs is None else costs
     key, k_draft, k_accept = jax.random.split(s.key, 3)
     if m.uses_draft:
-        props, n, declined, q_buf, dcache = draft(pd, lc, s, k_draft)
+        props, n, declined, steps, q_buf, dcache = draft(pd, lc, s, k_draft, costs)
     else:
         props, n, declined = jnp.zeros((B, 0), jnp.int32), jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool)
-        q_buf, dcache = None, s.draft_cache
+        steps, q_buf, dcache = jnp.zeros((B,), jnp.int32), None, s.draft_cache
     thresholds = s.method.thresholds
     t_v = jnp.broadcast_to(thresholds.t_v, (B,))
-    (emitted, a, contrib, info), tcache = verify(pt, lc, s, props, n, declined, q_buf, t_v,
-                                                 jax.random.split(k_accept, B))
+    (emitted, a, contrib, info), tcache, width = verify(pt, lc, s, props, n, declined, q_buf, t_v,
+                                                        jax.random.split(k_accept, B))
     live = ~s.done & ~info["nan"]
 
     # emit: cut at EOS and at max_new_tokens
@@ -312,7 +361,10 @@ def round_step(pt, pd, lc: LoopConfig, s: LoopState) -> LoopState:
     metrics = mt.replace(new_tokens=new_tokens, rounds=mt.rounds + live, drafted=mt.drafted + w(n),
                          accepted=mt.accepted + w(a), strict=mt.strict + w(info["strict"]),
                          lossy=mt.lossy + w(info["lossy"]), declined=mt.declined + w(declined),
-                         nan=mt.nan | (~s.done & info["nan"]))
+                         nan=mt.nan | (~s.done & info["nan"]), draft_steps=mt.draft_steps + w(steps))
+    if m.cost_aware:  # the running rate: each row's tokens against its draft steps and the round's verification
+        contrib = contrib.replace(rate_tokens=count.astype(jnp.float32),
+                                  rate_cost=steps * costs.draft + costs.verify[width])
     mstate = policies.update(m, s.method, contrib, n, a, live)
     trace = s.trace
     if trace is not None:
@@ -329,11 +381,13 @@ def running(lc: LoopConfig, s: LoopState) -> jax.Array:
     return ~s.done.all() & (s.step < lc.max_new_tokens)
 
 
-def generate(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: MethodState, key):
-    """The whole generation under one jit: prefill, then rounds until every row is done."""
+def generate(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: MethodState, key,
+             costs: CostTable | None = None):
+    """The whole generation under one jit: prefill, then rounds until every row is done. `costs` (read by
+    stop="cost" only) is a dynamic argument: a new table never recompiles."""
     pd = with_draft_head(pd, lc)
     s = prefill(pt, pd, lc, prompts, lengths, max_len, mstate, key)
-    s = jax.lax.while_loop(functools.partial(running, lc), functools.partial(round_step, pt, pd, lc), s)
+    s = jax.lax.while_loop(functools.partial(running, lc), functools.partial(round_step, pt, pd, lc, costs=costs), s)
     s = s.replace(target_cache=None, draft_cache=None)
     if lc.layout is not None:  # small results, whole on every device: every process can read them
         s = jax.lax.with_sharding_constraint(s, jax.tree.map(lambda _: lc.layout.replicated, s))

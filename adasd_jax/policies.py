@@ -7,8 +7,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from adasd_jax.state import MethodState, ThresholdState
+from adasd_jax.state import CostTable, MethodState, ThresholdState
 
 METHODS = ("ar", "sd", "dynamic", "adaedl", "fsd", "adasd")
 
@@ -34,6 +35,8 @@ class Method:
     js_accept: bool = True  # adasd ablation: T_V (off: strict acceptance only)
     per_row: bool = False  # adasd: one threshold state per row instead of pooled over the batch
     draft_vocab: int = 0  # any drafting method: the draft scores only the pair's N most frequent tokens (0: all)
+    stop: str = "entropy"  # adasd: "entropy" (the paper's T_G) or "cost" (the cost-aware stop, not the paper)
+    bins: int = 32  # adasd stop=cost: entropy bins of the acceptance model (a representation, not a knob)
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -48,6 +51,13 @@ class Method:
             raise ValueError(f"draft_vocab is a number of tokens (0 = the whole vocabulary), got {self.draft_vocab}")
         if self.propose_declined and self.name not in ("adasd", "adaedl"):
             raise ValueError(f"propose_declined applies to the entropy-stopping methods adasd and adaedl, not {self.name}")
+        if self.stop not in ("entropy", "cost"):
+            raise ValueError(f"stop must be 'entropy' (the paper's T_G) or 'cost' (the cost-aware stop), got {self.stop!r}")
+        if self.stop == "cost" and (self.name != "adasd" or self.propose_declined or not self.entropy_stop):
+            raise ValueError("stop=cost is a rule of adasd that decides proposing itself: it does not combine with "
+                             "propose_declined or entropy_stop=0")
+        if not 2 <= self.bins <= 1024:
+            raise ValueError(f"bins must be in [2, 1024], got {self.bins}")
         if self.name == "fsd" and not 0 <= self.tau <= 1:
             raise ValueError(f"fsd tau is a JS distance in [0, 1], got {self.tau}")
 
@@ -78,6 +88,10 @@ class Method:
             self.name == "adasd" and not self.js_accept)
 
     @property
+    def cost_aware(self) -> bool:
+        return self.name == "adasd" and self.stop == "cost"
+
+    @property
     def cap(self) -> int:
         """Static bound on proposals per round (the widest verification)."""
         return {"ar": 0, "sd": self.k, "fsd": self.k}.get(self.name, self.k_max)
@@ -85,7 +99,7 @@ class Method:
 
 def init_state(m: Method, batch: int) -> MethodState:
     return MethodState(
-        thresholds=ThresholdState.init((batch,) if m.per_row else ()),
+        thresholds=ThresholdState.init((batch,) if m.per_row else (), m.bins),
         draft_len=jnp.full((batch,), min(DYNAMIC_K0, m.k_max), jnp.int32),
         edl_lambda=jnp.full((batch,), EDL_LAMBDA0, jnp.float32),
         edl_rate=jnp.full((batch,), EDL_RATE0, jnp.float32),
@@ -127,19 +141,23 @@ def residual_on_reject(m: Method) -> bool:
     return m.name != "fsd"
 
 
-def threshold_contribution(m: Method, verdict: jax.Array, d: jax.Array, ent: jax.Array,
-                           counted: jax.Array) -> ThresholdState:
-    """One row's statistics from its verdicts at the `counted` positions (arrays over positions)."""
+def threshold_contribution(m: Method, verdict: jax.Array, d: jax.Array, ent: jax.Array, counted: jax.Array,
+                           emitted: jax.Array, vocab: int) -> ThresholdState:
+    """One row's statistics from its verdicts at the `counted` positions (arrays over positions): T_G's and T_V's
+    sums by `verdict`, and the acceptance model's counts per entropy bin by `emitted` (the round's own verdict)."""
     good, bad = counted & verdict, counted & ~verdict
     f = lambda x, w: jnp.sum(jnp.where(w, x, 0.0))
     n = lambda w: w.sum().astype(jnp.int32)
+    onehot = jax.nn.one_hot(entropy_bin(ent, m.bins, vocab), m.bins) * counted[:, None]
     return ThresholdState(acc_n=n(good), acc_sum=f(d, good), acc_ent_sum=f(ent, good),
-                          rej_n=n(bad), rej_sum=f(d, bad), rej_ent_sum=f(ent, bad))
+                          rej_n=n(bad), rej_sum=f(d, bad), rej_ent_sum=f(ent, bad),
+                          bin_n=onehot.sum(0), bin_acc=(onehot * emitted[:, None]).sum(0),
+                          rate_tokens=jnp.float32(0), rate_cost=jnp.float32(0))
 
 
 def add_contributions(m: Method, t: ThresholdState, rows: ThresholdState, live: jax.Array) -> ThresholdState:
     """Fold per-row contributions [B] into the state: summed over rows when pooled (order-free)."""
-    rows = jax.tree.map(lambda x: jnp.where(live, x, 0), rows)
+    rows = jax.tree.map(lambda x: jnp.where(live.reshape(live.shape + (1,) * (x.ndim - 1)), x, 0), rows)
     if not m.per_row:
         rows = jax.tree.map(lambda x: x.sum(0), rows)
     return t + rows
@@ -148,7 +166,7 @@ def add_contributions(m: Method, t: ThresholdState, rows: ThresholdState, live: 
 def update(m: Method, s: MethodState, contrib: ThresholdState, proposed: jax.Array, accepted: jax.Array,
            live: jax.Array) -> MethodState:
     """After a round: fold statistics (adasd), adapt K (dynamic) or lambda (adaedl). Rows not `live` keep theirs."""
-    if m.name == "adasd":
+    if m.name == "adasd":  # contrib carries the round's tokens and cost too (the running rate R)
         s = s.replace(thresholds=add_contributions(m, s.thresholds, contrib, live))
     if m.name == "dynamic":
         k = jnp.where(accepted == proposed, s.draft_len + DYNAMIC_UP, s.draft_len - DYNAMIC_DOWN)
@@ -160,3 +178,72 @@ def update(m: Method, s: MethodState, contrib: ThresholdState, proposed: jax.Arr
         lam = jnp.clip(EDL_LAMBDA_EMA * s.edl_lambda + (1 - EDL_LAMBDA_EMA) * raw, 0.0, 1.0)
         s = s.replace(edl_rate=jnp.where(seen, rate, s.edl_rate), edl_lambda=jnp.where(seen, lam, s.edl_lambda))
     return s
+
+
+# ---------------------------------------------------------------- the cost-aware stop (stop="cost"; not the paper)
+# Dinkelbach's rule for the most tokens per unit of cost over rounds: draft and propose while the expected extra
+# tokens beat what their cost would earn at the rate R already achieved. Costs come from the measured table; the
+# acceptance a(h) is learned online per entropy bin and forced non-increasing in h. Nothing here is set by hand.
+
+def entropy_bin(h: jax.Array, bins: int, vocab: int) -> jax.Array:
+    """Bin of draft entropy h (nats) on a grid dense near 0, where most tokens sit: edges log(V) (i / N)^2."""
+    h_max = float(np.log(max(vocab, 2)))
+    return jnp.clip(jnp.floor(bins * jnp.sqrt(jnp.clip(h, 0.0, h_max) / h_max)), 0, bins - 1).astype(jnp.int32)
+
+
+def non_increasing_fit(y: jax.Array, w: jax.Array) -> jax.Array:
+    """Weighted least-squares fit of y [N] non-increasing in the index (what pooling adjacent violators gives),
+    by the min-max formula f_i = min_{j<=i} max_{k>=i} mean_w(y[j..k]): exact, and O(N^2) for a few dozen bins."""
+    cw, cy = jnp.concatenate([jnp.zeros(1), jnp.cumsum(w)]), jnp.concatenate([jnp.zeros(1), jnp.cumsum(w * y)])
+    mean = (cy[None, 1:] - cy[:-1, None]) / (cw[None, 1:] - cw[:-1, None])  # [j, k]: mean of y[j..k] (k >= j)
+    j, k = jnp.arange(y.shape[0])[:, None], jnp.arange(y.shape[0])[None, :]
+    upper = jnp.where(k >= j, mean, -jnp.inf)
+    best_k = jax.lax.cummax(upper[:, ::-1], axis=1)[:, ::-1]  # [j, i]: max over k >= i of mean(y[j..k])
+    return jnp.min(jnp.where(j <= k, best_k, jnp.inf), axis=0)  # [i]: min over j <= i
+
+
+def acceptance(t: ThresholdState) -> tuple[jax.Array, jax.Array]:
+    """One state's acceptance model: (a per entropy bin [N], the pooled mean abar []). abar has a uniform prior;
+    each bin is shrunk toward abar by one pseudo-observation (unseen bins start at the pool's mean), then fit
+    non-increasing in entropy with the bins' counts as weights."""
+    abar = (t.bin_acc.sum() + 1.0) / (t.bin_n.sum() + 2.0)
+    w = t.bin_n + 1.0
+    return non_increasing_fit((t.bin_acc + abar) / w, w), abar
+
+
+def rate(t: ThresholdState, costs: CostTable) -> jax.Array:
+    """R: tokens per unit of cost achieved so far, starting from one autoregressive step's (1 token for V(0))."""
+    return (t.rate_tokens + 1.0) / (t.rate_cost + costs.verify[0])
+
+
+def verify_cost(costs: CostTable, widths: tuple[int, ...], cap: int) -> jax.Array:
+    """V(k) for k = 0..cap proposals, f32 [cap+1]: the cost of the smallest static width that holds k."""
+    index = np.searchsorted(np.asarray(widths), np.arange(cap + 1))
+    return costs.verify[jnp.asarray(index)]
+
+
+def lookahead_gain(survival, k, cap, abar, r, c_d, v):
+    """Best net gain of drafting and proposing m >= 1 more tokens after k proposals with survival S:
+    max_m S (abar + .. + abar^m) - R (m c_d + V(k+m) - V(k)) over k + m <= cap; -inf when none fits."""
+    m = jnp.arange(1, v.shape[0])
+    tokens = survival * jnp.cumsum(abar ** m.astype(jnp.float32))
+    cost = r * (m * c_d + v[jnp.minimum(k + m, v.shape[0] - 1)] - v[k])
+    return jnp.max(jnp.where(k + m <= cap, tokens - cost, -jnp.inf))
+
+
+def start_drafting(t: ThresholdState, costs: CostTable, v: jax.Array, cap) -> jax.Array:
+    """Before the round's first draft step (one row's state): does any draft length pay at the pool's mean?"""
+    _, abar = acceptance(t)
+    return lookahead_gain(1.0, 0, cap, abar, rate(t, costs), costs.draft, v) > 0
+
+
+def cost_step(t: ThresholdState, costs: CostTable, v: jax.Array, cap, m: Method, vocab: int, survival, h, k):
+    """After the draft computed q_k (k >= 1, entropy h) with earlier proposals surviving with probability S:
+    (propose x_k, draft one more step, the survival S a(h) of x_k). Proposing counts the wider verification
+    against x_k's expected token plus the best continuation's gain; drafting on needs a continuation that pays."""
+    a_bins, abar = acceptance(t)
+    r = rate(t, costs)
+    s_k = survival * a_bins[entropy_bin(h, m.bins, vocab)]
+    ahead = lookahead_gain(s_k, k, cap, abar, r, costs.draft, v)
+    propose = s_k - r * (v[k] - v[k - 1]) + jnp.maximum(ahead, 0.0) > 0
+    return propose, propose & (ahead > 0), s_k

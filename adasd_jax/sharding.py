@@ -177,8 +177,10 @@ class Layout:
                              shape)
 
     def method_state(self, s):
-        """MethodState: every field is per row [B] except pooled thresholds (shape [], replicated)."""
-        return jax.tree.map(lambda x: self.batch(x.shape) if x.ndim else self.replicated, s)
+        """MethodState: every field is per row [B] (with trailing bins [B,N]) except pooled thresholds (replicated)."""
+        pooled = s.thresholds.acc_n.ndim == 0
+        rows = jax.tree.map(lambda x: self.batch(x.shape), s)
+        return rows.replace(thresholds=jax.tree.map(lambda x: self.replicated, s.thresholds)) if pooled else rows
 
     def loop_state(self, s, target: models.Config, draft: models.Config | None):
         """LoopState field by field: caches and per-row buffers per the table, key and step replicated."""

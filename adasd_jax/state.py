@@ -12,8 +12,24 @@ from models import KVCache
 
 
 @struct.dataclass
+class CostTable:
+    """What the hardware charges, in units of one target decode step (one row, T=1): a dynamic input of the loop,
+    so a new table never recompiles. Measured on the compiled programs at warm-up (engine.cost_table)."""
+
+    draft: jax.Array  # f32 []: one draft step (c_d)
+    verify: jax.Array  # f32 [W]: one verification at each static width of LoopConfig.widths (V(w), w + 1 rows)
+
+    @classmethod
+    def flat(cls, widths: int, draft: float = 1.0) -> "CostTable":
+        return cls(draft=jnp.float32(draft), verify=jnp.ones((widths,), jnp.float32))
+
+
+@struct.dataclass
 class ThresholdState:
-    """AdaSD's running means as (sum, count) pairs; shape [] when pooled over rows, [B] when per_row."""
+    """AdaSD's running means as (sum, count) pairs, and the cost-aware stop's acceptance model and rate.
+
+    Scalars are shape [] when pooled over rows, [B] when per_row; the entropy bins add a trailing axis [.., N].
+    """
 
     acc_n: jax.Array  # i32: accepted (strict) tokens
     acc_sum: jax.Array  # f32: their JS distances
@@ -21,11 +37,21 @@ class ThresholdState:
     rej_n: jax.Array  # i32: rejected tokens
     rej_sum: jax.Array  # f32: their JS distances
     rej_ent_sum: jax.Array  # f32: their draft entropies (nats): T_G's mean
+    # the cost-aware stop (stop="cost"): verdicts by draft-entropy bin, emitted meaning strict or lossy
+    bin_n: jax.Array  # f32 [.., N]: proposals (and declined tokens) whose verdict was computed
+    bin_acc: jax.Array  # f32 [.., N]: of those, the ones the round's verdict accepted
+    rate_tokens: jax.Array  # f32: tokens emitted ...
+    rate_cost: jax.Array  # f32: ... and what they cost (target steps, from the cost table): the running rate R
 
     @classmethod
-    def init(cls, shape=()) -> "ThresholdState":
-        f, i = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32)
-        return cls(acc_n=i, acc_sum=f, acc_ent_sum=f, rej_n=i, rej_sum=f, rej_ent_sum=f)
+    def init(cls, shape=(), bins: int = 32) -> "ThresholdState":
+        f, i, b = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32), jnp.zeros((*shape, bins), jnp.float32)
+        return cls(acc_n=i, acc_sum=f, acc_ent_sum=f, rej_n=i, rej_sum=f, rej_ent_sum=f, bin_n=b, bin_acc=b,
+                   rate_tokens=f, rate_cost=f)
+
+    @property
+    def bins(self) -> int:
+        return self.bin_n.shape[-1]
 
     @property
     def t_g(self) -> jax.Array:
@@ -73,11 +99,12 @@ class Metrics:
     lossy: jax.Array  # proposals accepted only by the JS threshold (adasd) or by tau (fsd)
     declined: jax.Array  # rounds in which the entropy rule stopped drafting
     nan: jax.Array  # 1 if NaN logits were met (the row stops without emitting them)
+    draft_steps: jax.Array  # draft forwards the row took part in (its q computations, proposed or not)
 
     @classmethod
     def zeros(cls, batch: int) -> "Metrics":
         z = jnp.zeros((batch,), jnp.int32)
-        return cls(*(z,) * 8)
+        return cls(*(z,) * 9)
 
 
 @struct.dataclass
@@ -99,8 +126,9 @@ class LoopState:
     target_cache: KVCache  # holds every committed token except `last`
     draft_cache: KVCache  # holds every committed token except `pending`
     last: jax.Array  # i32 [B]: newest committed token (the next verification's first input)
-    pending: jax.Array  # i32 [B, 2]: committed tokens the draft has not consumed yet (1 or 2)
-    n_pending: jax.Array  # i32 [B]
+    pending: jax.Array  # i32 [B, 2]: the last committed tokens the draft has not consumed yet
+    n_pending: jax.Array  # i32 [B]: how many it has not consumed: 1 or 2, more after rounds that skipped the draft
+    # (stop="cost"); they are always out[new_tokens - n_pending : new_tokens]
     out: jax.Array  # i32 [B, O]: emitted tokens
     done: jax.Array  # bool [B]
     method: MethodState

@@ -168,13 +168,18 @@ def test_pooled_statistics_are_the_sum_of_rows():
     rows = ThresholdState(acc_sum=jnp.asarray(rng.random(4), jnp.float32), acc_n=jnp.asarray([1, 2, 0, 3]),
                           rej_sum=jnp.asarray(rng.random(4), jnp.float32), rej_n=jnp.asarray([0, 1, 1, 2]),
                           rej_ent_sum=jnp.asarray(rng.random(4), jnp.float32),
-                          acc_ent_sum=jnp.asarray(rng.random(4), jnp.float32))
+                          acc_ent_sum=jnp.asarray(rng.random(4), jnp.float32),
+                          bin_n=jnp.asarray(rng.integers(0, 5, (4, 3)), jnp.float32),
+                          bin_acc=jnp.asarray(rng.integers(0, 2, (4, 3)), jnp.float32),
+                          rate_tokens=jnp.asarray(rng.random(4), jnp.float32),
+                          rate_cost=jnp.asarray(rng.random(4), jnp.float32))
     live = jnp.asarray([True, True, False, True])
-    pooled = policies.add_contributions(Method("adasd"), ThresholdState.init(), rows, live)
-    per_row = policies.add_contributions(Method("adasd", per_row=True), ThresholdState.init((4,)), rows, live)
+    pooled = policies.add_contributions(Method("adasd"), ThresholdState.init((), 3), rows, live)
+    per_row = policies.add_contributions(Method("adasd", per_row=True), ThresholdState.init((4,), 3), rows, live)
     for p, r, x in zip(jax.tree.leaves(pooled), jax.tree.leaves(per_row), jax.tree.leaves(rows)):
-        np.testing.assert_allclose(p, np.where(live, x, 0).sum(), rtol=1e-6)
-        np.testing.assert_allclose(r, np.where(live, x, 0), rtol=1e-6)
+        kept = np.where(np.asarray(live).reshape((4,) + (1,) * (x.ndim - 1)), x, 0)
+        np.testing.assert_allclose(p, kept.sum(0), rtol=1e-6)
+        np.testing.assert_allclose(r, kept, rtol=1e-6)
 
 
 def test_empty_state_thresholds():
