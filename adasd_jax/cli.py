@@ -61,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text from prompts (arguments, or stdin one per line)")
     g.add_argument("prompts", nargs="*")
     _add_model_args(g)
-    g.add_argument("--method", default="adasd", help="adasd (default), ar, sd:K=4, dynamic, adaedl, fsd:tau=0.3, "
-                                                     "or adasd:count_declined=0,stats_on=final,per_row=1")
+    g.add_argument("--method", default=None, help="default: adasd_jax.policies.DEFAULT_METHOD; adasd (the paper's "
+                   "rule), adasd:stop=cost (the cost-aware stop), ar, sd:K=4, dynamic, adaedl, fsd:tau=0.3, or "
+                   "adasd:count_declined=0,stats_on=final,per_row=1")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-k", type=int, default=0)
@@ -89,9 +90,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _summary_line(s: dict) -> str:
     t_g = "inf" if math.isinf(s["t_g"]) else f"{s['t_g']:.3f}"
+    cost = f", draft step {s['cost_draft']:.2f} of a target step ({s['cost_source']}), R {s['rate']:.2f}" if (
+        "cost_draft" in s) else ""
     return (f"[{s['new_tokens']} tokens, {s['tokens_per_s']:.2f} tok/s (compile {s['compile_s']:.1f}s apart), "
             f"{s['tokens_per_call']:.2f} tokens per target call, {s['target_calls']} target calls, "
-            f"T_G {t_g}, T_V {s['t_v']:.3f}]")
+            f"T_G {t_g}, T_V {s['t_v']:.3f}{cost}]")
 
 
 def cmd_generate(a) -> int:
@@ -102,6 +105,7 @@ def cmd_generate(a) -> int:
         raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
     pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
                             **mesh_kwargs(a))
+    a.method = a.method or engine.policies.DEFAULT_METHOD
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
               top_p=a.top_p, chat=a.chat, seed=a.seed)
     if a.stream and not a.json:

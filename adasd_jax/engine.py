@@ -474,7 +474,7 @@ def _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s) -> Outp
     return result
 
 
-def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
+def generate(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METHOD, max_new_tokens: int = 128,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
              state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
              batch_size: int | None = None, trace: bool = False, costs: CostTable | None = None) -> Output:
@@ -518,7 +518,7 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
     return dataclasses.replace(out, costs=table, cost_source=source) if m.cost_aware else out
 
 
-def precompile(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens: int = 128,
+def precompile(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METHOD, max_new_tokens: int = 128,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
                batch_size: int | None = None, trace: bool = False) -> float:
     """Compile, without running, what `generate` with the same arguments runs: one program per batch size and
@@ -564,7 +564,7 @@ class Stream:
     which is the price of streaming (`generate` runs the whole loop on the device instead).
     """
 
-    def __init__(self, pair: Pair, prompt, method="adasd", max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
+    def __init__(self, pair: Pair, prompt, method=policies.DEFAULT_METHOD, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
                  chat=True, state=None, reset_state=False, seed=0, costs=None):
         self.pair = pair
         self.lc, ids = _setup(pair, [prompt], method, max_new_tokens, temperature, top_k, top_p, chat, False)

@@ -30,7 +30,7 @@ def ref_non_increasing(y, w):
 
 
 def ref_acceptance(bin_n, bin_acc):
-    abar = (bin_acc.sum() + 1) / (bin_n.sum() + 2)
+    abar = (bin_acc.sum() + 1) / (bin_n.sum() + 1)
     w = bin_n + 1
     return ref_non_increasing((bin_acc + abar) / w, w), abar
 
@@ -87,7 +87,7 @@ def test_acceptance_model_is_the_monotone_fit_of_the_counts():
         np.testing.assert_allclose(abar, rabar, rtol=1e-6)
         assert (np.diff(np.asarray(a)) <= 1e-6).all()
     a, abar = policies.acceptance(ThresholdState.init((), 6))
-    assert float(abar) == 0.5 and np.allclose(a, 0.5)  # nothing seen: the uniform prior everywhere
+    assert float(abar) == 1.0 and np.allclose(a, 1.0)  # nothing seen: optimistic, so that a new draft is tried
 
 
 def test_decisions_match_the_reference():

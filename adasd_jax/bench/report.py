@@ -100,7 +100,10 @@ def summarize(records: dict, methods: list[str], greedy: bool = True, step_sampl
                "tokens_per_call": tok / calls if calls else None,
                "accepted_per_round": accepted / rounds if rounds else None, "drafted": drafted,
                "wasted": None if drafted is None else drafted - accepted, "lossy": _sum(rs, "lossy"),
-               "declined_rounds": _sum(rs, "declined"), "t_g": rs[-1].get("t_g"), "t_v": rs[-1].get("t_v")}
+               "declined_rounds": _sum(rs, "declined"), "draft_steps": _sum(rs, "draft_steps"),
+               "t_g": rs[-1].get("t_g"), "t_v": rs[-1].get("t_v")}
+        if rs[-1].get("cost_draft") is not None:  # stop=cost: the table it ran with and the rate it reached
+            row.update({k: rs[-1][k] for k in ("cost_draft", "cost_verify", "cost_source", "rate")})
         if row["t_g"] is None and m.split(":")[0] == "adasd":
             row["t_g"] = math.inf  # no rejection seen yet (written as null in JSON)
         if rs[0].get("correct") is not None:

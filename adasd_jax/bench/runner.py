@@ -150,9 +150,10 @@ def _jax_records(pair, chunk, spec, max_new_tokens, temperature, seed, use_trace
     out = engine.generate(pair, [p.prompt for p in chunk], method=spec, max_new_tokens=max_new_tokens,
                           temperature=temperature, chat=chunk[0].chat, seed=seed, trace=use_trace)
     B = len(chunk)
+    costs = {k: v for k, v in out.summary().items() if k.startswith("cost_") or k == "rate"}  # stop=cost only
     recs = []
     for b, prob in enumerate(chunk):
-        m = {k: v[b].item() for k, v in out.metrics.items()}
+        m = {**{k: v[b].item() for k, v in out.metrics.items()}, **costs}
         rec = {"problem": prob.id, "row": b, "batch": B, "tokens": out.tokens[b],
                "text": out.texts[b] if out.texts else None,
                "run_s": out.run_s / B, "compile_s": out.compile_s / B, **m}  # a batch call's time in equal shares
