@@ -26,7 +26,7 @@ def generate_json(capsys, hf_pair, method, *extra, target=None):
     return json.loads(out)
 
 
-@pytest.mark.parametrize("method", ["ar", "sd:K=3", "dynamic", "adaedl", "fsd:tau=0.3", "adasd"])
+@pytest.mark.parametrize("method", ["ar", "sd:K=3", "dynamic", "adaedl", "fsd:tau=0.3", "adasd", "adasd:stop=cost"])
 def test_generate_json_each_method(capsys, hf_pair, method):
     res = generate_json(capsys, hf_pair, method)
     rows, summary = res["results"], res["summary"]

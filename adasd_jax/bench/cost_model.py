@@ -108,6 +108,8 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
     `propose_declined`: the token the entropy check stopped at is proposed too (its draft step is paid anyway).
     `t_g_rule`: see `thresholds`. `t_g`: a fixed generation threshold instead of the adaptive one (a sweep of it
     bounds what any constant entropy stop can do). `js_accept=False`: strict verdicts only (lossless)."""
+    if policy in ("adasd:stop=cost", "oracle"):
+        return replay_cost_aware(seqs, c, k_max, sampling, seed, oracle=policy == "oracle")
     rng = np.random.default_rng(seed)
     adaptive = policy in ("adasd", "adasd+cap")
     acc_d, rej_d, rej_e, acc_e = [0.0, 0], [0.0, 0], [0.0, 0], [0.0, 0]  # sums, counts: JS and entropy by verdict
@@ -165,6 +167,64 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
     return Replay(tokens, rounds, proposals, steps, lossy, seconds, *in_force())
 
 
+def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: bool = False, seed: int = 0,
+                      oracle: bool = False, bins: int = 32, vocab: int = 151936) -> Replay:
+    """The cost-aware stop (adasd:stop=cost, strict verdicts) replayed with the engine's own rule functions over the
+    positions, the state carried across problems; or, with `oracle`, the bound of a rule that knows where each
+    round's first rejection falls and drafts the count that maximises that round's tokens per unit of cost."""
+    import jax
+    import jax.numpy as jnp
+
+    from adasd_jax import policies
+    from adasd_jax.state import CostTable, ThresholdState
+
+    rng = np.random.default_rng(seed)
+    unit = c.verify(0, k_max)
+    v = np.asarray([c.verify(k, k_max) / unit for k in range(k_max + 1)], np.float32)
+    widths = verify_widths(k_max)
+    costs = CostTable(draft=jnp.float32(c.draft_ms / unit), verify=jnp.asarray([v[w] for w in widths]))
+    vk = policies.verify_cost(costs, widths, k_max)
+    m = policies.Method("adasd", k_max=k_max, stop="cost", bins=bins, js_accept=False)
+    start = jax.jit(lambda t: policies.start_drafting(t, costs, vk, k_max))
+    step = jax.jit(lambda t, surv, h, k: policies.cost_step(t, costs, vk, k_max, m, vocab, surv, h, k))
+    binned = jax.jit(lambda h: policies.entropy_bin(h, bins, vocab))
+    t = ThresholdState.init((), bins)
+    tokens = rounds = proposals = steps = 0
+    seconds = 0.0
+    for s in seqs:
+        n, i = len(s["d"]), 0
+        ok = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
+        while i < n:
+            k, round_steps, declined = 0, 0, None
+            if oracle:
+                run = next((j for j in range(min(k_max, n - i)) if not ok[i + j]), min(k_max, n - i))
+                k = round_steps = max(range(min(k_max, n - i) + 1),
+                                      key=lambda q: (min(q, run) + 1) / (q * costs.draft + v[q]))
+            elif bool(start(t)):
+                surv = jnp.float32(1.0)
+                while i + k < n:
+                    round_steps += 1
+                    propose, go_on, surv = step(t, surv, jnp.float32(s["e"][i + k]), k + 1)
+                    if not bool(propose):
+                        declined = i + k
+                        break
+                    k += 1
+                    if not bool(go_on) or k == k_max:
+                        break
+            accepted = next((j for j in range(k) if not ok[i + j]), k)
+            seen = list(range(i, i + min(accepted + 1, k))) + ([declined] if declined is not None and accepted == k
+                                                               else [])
+            b = np.asarray(binned(jnp.asarray([s["e"][j] for j in seen], jnp.float32))) if seen else []
+            cost = round_steps * float(costs.draft) + v[k]
+            t = t.replace(bin_n=t.bin_n + np.bincount(b, minlength=bins),
+                          bin_acc=t.bin_acc + np.bincount(b, weights=[ok[j] for j in seen], minlength=bins),
+                          rate_tokens=t.rate_tokens + accepted + 1, rate_cost=t.rate_cost + cost)
+            seconds += cost * unit / 1e3
+            tokens, rounds, proposals, steps = tokens + accepted + 1, rounds + 1, proposals + k, steps + round_steps
+            i += accepted + 1
+    return Replay(tokens, rounds, proposals, steps, 0, seconds)
+
+
 # K = 1 and 3 are outside the issues' {2, 4, 8} but belong in "the best fixed K": with a weak draft K = 1 wins, and
 # AdaSD with propose_declined=1 and a low T_G is sd:K=1
 POLICIES = [("sd:K=1", "sd", {"k": 1}), ("sd:K=2", "sd", {"k": 2}), ("sd:K=3", "sd", {"k": 3}), ("sd:K=4", "sd", {"k": 4}),
@@ -175,7 +235,9 @@ POLICIES = [("sd:K=1", "sd", {"k": 1}), ("sd:K=2", "sd", {"k": 2}), ("sd:K=3", "
             ("adasd:k_max=15,propose_declined=1", "adasd", {"k_max": 15, "propose_declined": True}),
             ("adasd:k_max=7,propose_declined=1", "adasd", {"k_max": 7, "propose_declined": True}),
             ("adasd:t_g_rule=midpoint", "adasd", {"t_g_rule": "midpoint"}),
-            ("adasd:t_g_rule=midpoint,propose_declined=1", "adasd", {"t_g_rule": "midpoint", "propose_declined": True})]
+            ("adasd:t_g_rule=midpoint,propose_declined=1", "adasd", {"t_g_rule": "midpoint", "propose_declined": True}),
+            ("sd:K=6", "sd", {"k": 6}), ("adasd:stop=cost", "adasd:stop=cost", {}),
+            ("oracle (knows the first rejection)", "oracle", {})]
 
 
 def table(seqs, c: Costs, sampling: bool = False) -> dict[str, Replay]:
