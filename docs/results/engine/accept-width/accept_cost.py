@@ -3,7 +3,7 @@ verified positions, with the positions' passes over the vocabulary all at once (
 at a time (XLA:CPU's default since). Before 4795b21 AdaSD paid the 17-position figure every round, whatever its
 width.
 
-    python docs/results/accept_width/accept_cost.py > docs/results/accept_width/accept_cost.txt
+    python docs/results/engine/accept-width/accept_cost.py > docs/results/engine/accept-width/accept_cost.txt
 """
 import functools
 import time

@@ -2,8 +2,8 @@
 separate matrices: the decoder blocks' matvecs of one bf16 token, random weights of the default pair's shapes, the
 two forms interleaved per repeat. Attention itself is left out; what differs is only the number and width of dots.
 
-    python docs/results/fused_projections_s14/fused_projections.py 896 4864 128 24    # Qwen2.5-Coder-0.5B, the draft
-    python docs/results/fused_projections_s14/fused_projections.py 1536 8960 256 28   # Qwen2.5-Coder-1.5B, the target
+    python docs/results/engine/fused-projections/fused_projections.py 896 4864 128 24    # Qwen2.5-Coder-0.5B, the draft
+    python docs/results/engine/fused-projections/fused_projections.py 1536 8960 256 28   # Qwen2.5-Coder-1.5B, the target
 
 Arguments: hidden size, MLP width, k/v width (kv heads x head_dim), layers.
 """

@@ -1,9 +1,9 @@
 """Mutation check of the tests: apply each mutant in `mutants.tsv` (one small wrong change to the engine) to a clean
 clone of HEAD, and run its tests with `-x`. A mutant that passes is a behaviour no test pins down.
 
-    python docs/results/mutation_s14/mutants.py [--table TSV] [--rev COMMIT] [--only NAME ...]
+    python docs/results/mutation/engine-arithmetic/mutants.py [--table TSV] [--rev COMMIT] [--only NAME ...]
 
-(session 15's table of loader, bucketing, sharding and fetch mutants: --table docs/results/mutation_s15/mutants.tsv)
+(the 2026-11-28 table of loader, bucketing, sharding and fetch mutants: --table docs/results/mutation/loaders-buckets-sharding/mutants.tsv)
 
 Prints one line per mutant: killed (and by which test) or SURVIVED, with the seconds its tests took.
 """

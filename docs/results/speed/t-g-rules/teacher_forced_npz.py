@@ -1,6 +1,6 @@
 """Per-position statistics of each draft along the target's own greedy output, in the cost model's format.
 
-Uses session 19's `entropy_separation.py` (same positions: GSM8K train 0-9, the `ar` tokens of a bench
+Uses the 2026-11-29 `entropy_separation.py` (same positions: GSM8K train 0-9, the `ar` tokens of a bench
 results.json, bfloat16) and writes one .npz per draft with `match{i}`, `d{i}`, `e{i}` for problem i, the arrays
 that `python -m adasd_jax.bench.cost_model` replays (greedy; no `a`, so no --sampling).
 
@@ -15,7 +15,7 @@ import numpy as np
 import models
 
 spec = importlib.util.spec_from_file_location(
-    "entropy_separation", Path(__file__).parent.parent / "onpolicy_l8_draft_gsm8k_10_s19/entropy_separation.py")
+    "entropy_separation", Path(__file__).parent.parent / "../weak-draft/onpolicy-8-layers-gsm8k-0-9/entropy_separation.py")
 es = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(es)
 

@@ -6,7 +6,7 @@ from adasd_jax import distill
 
 C = Path.home() / ".cache/adasd-jax/converted"
 tc, tp, tok = models.load(str(C / "qwen2.5-coder-1.5b-instruct-bfloat16"), "bfloat16")
-rows = distill.read_rows("/work/shared/data/gsm8k/train.jsonl", 0, 10)
+rows = distill.read_rows("train.jsonl", 0, 10)
 data = distill.pack([distill.encode_row(tok, r, True) for r in rows], 256)
 out = {}
 for name, src, layers in [("whole 0.5B", C / "qwen2.5-coder-0.5b-instruct-bfloat16", None),

@@ -7,7 +7,7 @@ from adasd_jax import distill
 
 C = Path.home() / ".cache/adasd-jax/converted"
 tc, tp, tok = models.load(str(C / "qwen2.5-coder-1.5b-instruct-bfloat16"), "bfloat16")
-rows = distill.read_rows("/work/shared/data/gsm8k/train.jsonl", 0, 10)
+rows = distill.read_rows("train.jsonl", 0, 10)
 recs = {r["problem"]: r for r in json.load(open(sys.argv[2]))["records"]["ar"]}
 L = 512
 toks, mask = np.zeros((10, L), np.int32), np.zeros((10, L), np.float32)

@@ -29,7 +29,7 @@ N, L = 10, 512
 
 def target_path(results, tok):
     """Token rows (prompt + the target's greedy output) and the mask of positions that predict an output token."""
-    rows = distill.read_rows("/work/shared/data/gsm8k/train.jsonl", 0, N)
+    rows = distill.read_rows("train.jsonl", 0, N)
     recs = {r["problem"]: r for r in json.loads(Path(results).read_text())["records"]["ar"]}
     toks, mask = np.zeros((N, L), np.int32), np.zeros((N, L), bool)
     for i, row in enumerate(rows):
