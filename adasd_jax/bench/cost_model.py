@@ -166,7 +166,7 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
     return Replay(tokens, rounds, proposals, steps, lossy, seconds, *in_force())
 
 
-# K = 1 and 3 are outside the issues' {2, 4, 8} but belong in "the best fixed K": with a weak draft K = 1 wins, and
+# K = 1 and 3 are outside the targets' {2, 4, 8} but belong in "the best fixed K": with a weak draft K = 1 wins, and
 # AdaSD with propose_declined=1 and a low T_G is sd:K=1
 POLICIES = [("sd:K=1", "sd", {"k": 1}), ("sd:K=2", "sd", {"k": 2}), ("sd:K=3", "sd", {"k": 3}), ("sd:K=4", "sd", {"k": 4}),
             ("sd:K=8", "sd", {"k": 8}), ("adasd", "adasd", {}),

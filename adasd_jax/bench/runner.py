@@ -35,7 +35,7 @@ from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
 
 DEFAULT_METHODS = "ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:count_declined=0"
-# AdaSD's components apart (docs: adasd-spec): sd:K=16 is adasd with both switches off (K_max = 16).
+# AdaSD's components apart (docs/algorithm.md): sd:K=16 is adasd with both switches off (K_max = 16).
 PRESETS = {"ablation": ["ar", "sd:K=4", "sd:K=16", "adasd:js_accept=0", "adasd:entropy_stop=0", "adasd",
                         "adasd:stats_on=final", "adasd:count_declined=0"]}
 
