@@ -3,7 +3,7 @@ sys.path.insert(0, ".")
 from conftest import make_tiny_pair
 import adasd_jax
 def maps(): return sum(1 for _ in open("/proc/self/maps"))
-for mb in (int(sys.argv[1]),):  # usage: python bucket_maps.py MAX_BUCKETS [clear]
+for mb in (int(sys.argv[1]),):  # usage: python engine/bucket-maps.py MAX_BUCKETS [clear]
     pair = make_tiny_pair(); pair.max_buckets = mb
     base = maps()
     for n in (5, 20, 40, 70, 5, 20):

@@ -2,8 +2,8 @@
 run as 2t rows) against unpadded (0), timed round-robin in one process so that drift hits both alike. Random weights of the
 default pair's shapes (or --weights), bfloat16, cache filled to 200 positions.
 
-    python docs/results/engine/row-tiles/row_tiles.py --model target --cases 1x1,1x16,1x17,1x24,1x32,2x9,8x5,8x17 --repeats 7
-    python docs/results/engine/row-tiles/row_tiles.py --model target --tile 32 --cases 1x1,1x32,1x33,1x40,1x48,1x64,8x5,8x8 --repeats 5
+    python docs/results/engine/row-tiles/engine/row-tiles.py --model target --cases 1x1,1x16,1x17,1x24,1x32,2x9,8x5,8x17 --repeats 7
+    python docs/results/engine/row-tiles/engine/row-tiles.py --model target --tile 32 --cases 1x1,1x32,1x33,1x40,1x48,1x64,8x5,8x8 --repeats 5
 """
 import argparse
 import json
