@@ -69,10 +69,12 @@ def load_tokenizer(source: str | Path, kind: str | None = None):
     """The transformers tokenizer (with chat template) for a model source, or None if it has none."""
     from transformers import AutoTokenizer
 
+    from models.load import gguf_tokenizer
+
     p = Path(source).expanduser()
     kind = kind or source_kind(source)
     if kind == "gguf":
-        return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        return gguf_tokenizer.load(p)  # without torch too
     directory = p / "tokenizer" if kind == "orbax" else p
     if not any(directory.glob("tokenizer*")):
         return None

@@ -98,7 +98,7 @@ def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 # XLA:CPU's 16-bit dot runs 17-31 rows slower than 32: a target forward of 17 rows costs 1.9-2.2x a one-row
-# step, of 32 rows 1.6-1.8x. Past 32 rows padding loses (33-48 rows: 2.6x, 64: 3.2x). docs/results/row_tiles/.
+# step, of 32 rows 1.6-1.8x. Past 32 rows padding loses (33-48 rows: 2.6x, 64: 3.2x). (2-core CPU, 2026-11-28)
 # ROW_TILE t pads products of t < m < 2t rows to 2t; None: 16 on CPU, 0 (off) elsewhere.
 ROW_TILE: int | None = None
 

@@ -82,7 +82,7 @@ def test_humaneval_completion_extraction(text, expected):
 def test_gsm8k_from_the_hub(tmp_path, monkeypatch):
     """Without --data-file, GSM8K comes from the hub's parquet file through huggingface_hub: here from a hub cache
     laid out as a download leaves it, in offline mode (nothing is fetched). With nothing cached the error names the
-    fix; the shared train split is the default only where this checkout has it, and only without --split."""
+    fix; without --split the default is the test split, whatever files lie beside the checkout."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from huggingface_hub import constants
@@ -100,17 +100,15 @@ def test_gsm8k_from_the_hub(tmp_path, monkeypatch):
     assert [p.id for p in problems] == ["gsm8k/1", "gsm8k/2"] and commit in str(path)
     assert problems[0].prompt == "w1 w7" + datasets.GSM8K_INSTRUCTION and problems[0].chat
     assert datasets.gsm8k_correct("The answer is 2.", problems[1].answer)
-    shared = tmp_path / "train.jsonl"
-    shared.write_text(json.dumps({"question": "w3", "answer": "w\n#### 3"}))
-    monkeypatch.setattr(runner, "DEFAULT_GSM8K", shared)
-    assert runner.load_problems(args()) == (datasets.gsm8k(shared, 10), shared)
-    monkeypatch.setattr(runner, "DEFAULT_GSM8K", tmp_path / "absent.jsonl")
+    local = tmp_path / "train.jsonl"
+    local.write_text(json.dumps({"question": "w3", "answer": "w\n#### 3"}))
+    assert runner.load_problems(args("--data-file", str(local))) == (datasets.gsm8k(local, 10), str(local))
     hub, _ = runner.load_problems(args("--limit", "5"))
-    assert len(hub) == 5 and hub[1:3] == problems  # the hub's test split
+    assert len(hub) == 5 and hub[1:3] == problems  # the default: the hub's test split, never a file near the checkout
     with pytest.raises(ValueError, match="could not fetch GSM8K's train split from the hub.*--data-file"):
         runner.load_problems(args("--split", "train"))
     with pytest.raises(ValueError, match="--split picks a GSM8K split"):
-        runner.load_problems(args("--split", "test", "--data-file", str(shared)))
+        runner.load_problems(args("--split", "test", "--data-file", str(local)))
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist([{"q": "w3"}]), bad)
     with pytest.raises(ValueError, match="has no column 'question', 'answer'"):

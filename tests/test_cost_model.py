@@ -48,13 +48,13 @@ def test_cheaper_drafts_favour_longer_drafts():
     assert cm.replay(seqs, "sd", dear, k=8).tokens_per_s < cm.replay(seqs, "sd", dear, k=2).tokens_per_s
 
 
-def test_load_reads_the_shared_tools_format_and_rejects_others(tmp_path):
+def test_load_reads_the_teacher_forced_format_and_rejects_others(tmp_path):
     s = seq([1, 0], [0.1, 0.2], [0.3, 0.4])
     np.savez(tmp_path / "ok.npz", **{f"{k}{i}": v for i in range(2) for k, v in s.items()})
     loaded = cm.load(str(tmp_path / "ok.npz"))
     assert len(loaded) == 2 and np.array_equal(loaded[1]["match"], s["match"])
     np.savez(tmp_path / "bad.npz", x=np.zeros(3))
-    with pytest.raises(ValueError, match="teacher_forced_stats"):
+    with pytest.raises(ValueError, match="has no d0, e0, match0 arrays"):
         cm.load(str(tmp_path / "bad.npz"))
 
 

@@ -1,8 +1,11 @@
 """The device check's projection: per-round accounting of draft forwards and verification rows."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from adasd_jax.bench import device_check
 from adasd_jax.bench.device_check import project, round_seconds, verify_rows
 from adasd_jax.policies import Method
 
@@ -57,6 +60,8 @@ def test_default_records_load_and_ask_for_every_width_they_ran():
 
     runs = load_runs(CPU_RECORDS)
     assert len(runs) == 2 and recorded_caps(runs) == {2, 4, 8, 15, 16}
+    package = Path(device_check.__file__).parent  # an install carries them: nothing read from outside the package
+    assert all(p.is_relative_to(package) for p in CPU_RECORDS)
 
 
 def test_gpu_test_flags_fall_back_where_the_backend_refuses_them(capsys):
@@ -158,8 +163,8 @@ def test_the_check_runs_end_to_end_on_small_shapes(tmp_path, monkeypatch, capsys
 def test_the_tests_get_what_the_timings_leave_of_the_budget():
     from adasd_jax.bench.device_check import MIN_TEST_S, time_for_tests
 
-    assert time_for_tests(300, 90, None) == 200  # session 17's projected timings: the tests get 200 s
-    assert time_for_tests(300, 168, None) == MIN_TEST_S == 150  # session 16's slower machine: the floor
+    assert time_for_tests(300, 90, None) == 200  # timings of 90 s: the tests get 200 s
+    assert time_for_tests(300, 168, None) == MIN_TEST_S == 150  # timings of 168 s (an H200, 2026-11-28): the floor
     assert time_for_tests(300, 500, 240) == 240  # --test-timeout wins
 
 

@@ -5,9 +5,6 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 
-gsm8k=$(cd "$(dirname "$0")/../.." && pwd)/shared/data/gsm8k/train.jsonl
-if [[ ! -f $gsm8k ]]; then gsm8k=""; fi
-
 USAGE="--name NAME --zone ZONE [settings] [-- BENCH_ARGUMENTS...]"
 ABOUT="Uploads the problems file DATA to every worker (unless the bench arguments name a --data-file already \
 there), runs 'adasd bench BENCH_ARGUMENTS... --out-dir tpu-results/RUN_ID' as run.sh does (all workers at once, \
@@ -19,7 +16,7 @@ common_options
 remote_options
 run_options
 option --results-dir TPU_RESULTS_DIR tpu-results value "local directory the results arrive in, RESULTS_DIR/RUN_ID/"
-option --data TPU_BENCH_DATA "$gsm8k" value "local JSONL problems uploaded to REMOTE_DIR/tpu-data/ and passed as --data-file; '' for none"
+option --data TPU_BENCH_DATA "" value "local JSONL problems uploaded to REMOTE_DIR/tpu-data/ and passed as --data-file; none: the workers read the hub's"
 parse_args "$@"
 require TPU_NAME TPU_ZONE TPU_REMOTE_DIR TPU_VENV TPU_LOGS_DIR TPU_RUN_ID TPU_RESULTS_DIR
 

@@ -3,15 +3,15 @@
     python -m adasd_jax.bench.cost_model tf10.npz --draft-ms 80 --verify-ms 157 --verify-ms-per-token 3
     python -m adasd_jax.bench.cost_model tf10.npz --verify-ms 157 --verify-ms-per-token 3 --scan 10,20,40,60,80
 
-Reads the .npz that `../shared/tools/teacher_forced_stats.py` writes (per generated position of the target's
-own continuation: `match` whether the draft's argmax is the target's, `d` the JS distance, `e` the draft's
-entropy, `a` the acceptance probability at temperature 1) and replays fixed-K `sd` and `adasd` (the spec's
+Reads an .npz of teacher-forced statistics, arrays `match{i}`, `d{i}`, `e{i}` and optionally `a{i}` for problem i
+(per generated position of the target's own continuation: `match` whether the draft's argmax is the target's, `d`
+the JS distance, `e` the draft's entropy, `a` the acceptance probability at temperature 1) and replays fixed-K `sd` and `adasd` (the spec's
 thresholds, `count_declined` on or off) over it. A round costs
 
     draft_ms x draft steps + verify_ms + verify_ms_per_token x proposals,
 
-where a round that the entropy check stopped also paid the draft step whose entropy it checked (the shared
-tools' simulate_policies.py leaves that step out, which flatters AdaSD by about one draft step per round).
+where a round that the entropy check stopped also paid the draft step whose entropy it checked (an estimate that
+leaves that step out flatters AdaSD by about one draft step per round).
 With `--verify-rows`, a verification instead costs verify_ms times the measured multiple for the rows the engine
 runs (its static width + 1, see loop.verify_widths), so the tile boundaries of a CPU's GEMM (17 rows cost 2.2x one
 row where 16 cost 1.2x) are charged.
@@ -32,8 +32,8 @@ import numpy as np
 from adasd_jax.loop import verify_widths
 
 K_MAX = 16
-# One target forward of T rows against one row, real weights, 2-core CPU (docs/results/verify_widths_cpu.md). The
-# engine runs 17 rows as 32 on CPU since session 11: 1.73x, against 2.13-2.16x unpadded (docs/results/row_tiles/).
+# One target forward of T rows against one row, real weights, 2-core CPU (measured 2026-11-27). The engine runs
+# 17 rows as 32 on CPU since 35f541e: 1.73x, against 2.13-2.16x unpadded.
 CPU_ROWS = ((1, 1.0), (2, 1.03), (4, 1.06), (5, 1.09), (8, 1.14), (9, 1.51), (16, 1.24), (17, 1.73))
 
 
@@ -72,11 +72,12 @@ class Replay:
 
 
 def load(path: str) -> list[dict[str, np.ndarray]]:
-    """The per-problem arrays of a teacher_forced_stats.py .npz, in problem order."""
+    """The per-problem arrays of a teacher-forced statistics .npz, in problem order."""
     z = np.load(path)
     n = len([k for k in z.files if k.startswith("d") and k[1:].isdigit()])
     if n == 0:
-        raise ValueError(f"{path} has no d0, e0, match0 arrays: write it with ../shared/tools/teacher_forced_stats.py")
+        raise ValueError(f"{path} has no d0, e0, match0 arrays: the cost model reads d{{i}}, e{{i}}, match{{i}} "
+                         "(and a{i} to sample) for each problem i")
     return [{key: z[f"{key}{i}"] for key in ("match", "d", "e", "a") if f"{key}{i}" in z.files} for i in range(n)]
 
 
@@ -225,7 +226,7 @@ def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: 
     return Replay(tokens, rounds, proposals, steps, 0, seconds)
 
 
-# K = 1 and 3 are outside the issues' {2, 4, 8} but belong in "the best fixed K": with a weak draft K = 1 wins, and
+# K = 1 and 3 are outside the targets' {2, 4, 8} but belong in "the best fixed K": with a weak draft K = 1 wins, and
 # AdaSD with propose_declined=1 and a low T_G is sd:K=1
 POLICIES = [("sd:K=1", "sd", {"k": 1}), ("sd:K=2", "sd", {"k": 2}), ("sd:K=3", "sd", {"k": 3}), ("sd:K=4", "sd", {"k": 4}),
             ("sd:K=8", "sd", {"k": 8}), ("adasd", "adasd", {}),
@@ -259,7 +260,7 @@ def rows_table(text: str) -> tuple[tuple[int, float], ...]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("stats", help=".npz from ../shared/tools/teacher_forced_stats.py")
+    ap.add_argument("stats", help=".npz of teacher-forced statistics (match{i}, d{i}, e{i}[, a{i}] per problem i)")
     ap.add_argument("--draft-ms", type=float, default=80.0)
     ap.add_argument("--verify-ms", type=float, default=157.0)
     ap.add_argument("--verify-ms-per-token", type=float, default=3.0)

@@ -1,4 +1,4 @@
-"""Evaluation prompts and scoring, fixed so results compare across runs (see docs: adasd-spec).
+"""Evaluation prompts and scoring, fixed so results compare across runs (docs/algorithm.md).
 
 gsm8k: chat template on; the question, a newline, an instruction; exact match on the final number.
 humaneval: completion mode (no chat template); the problem's prompt as is; pass@1 by execution.

@@ -5,15 +5,15 @@
     XLA_FLAGS=... python -m adasd_jax.bench.device_check --steps-only   # one-row steps under other flags
     python -m adasd_jax.bench.device_check --steps-from check.json --records R.json  # replay saved step times
 
-The aim is 5 minutes. On one H200 (session 12) it ran past 400 s with 6 of its 22 tests unfinished: compiling
-the many small test programs dominates the tests. So the tests run without GPU GEMM autotuning, over half the
-host's cores (at most 8 xdist workers). Session 16 timed it at 296 s (timings 153 s, of which 91 s compiling and
-timing 11 step programs one after another; 23 tests 139 s, with the two 70 s tests started last), then at 304 s
-on a slower machine with each worker started on one of the slowest tests (`device_test_order`; tests 130 s).
-Since session 17 every timed program (the 11 step programs and the loop check's two, 42 s of which was `sd:K=4`
-alone) compiles at once, in threads, before anything is timed; no GPU has timed that yet. The tests get what the
-timings leave of `--budget` (300 s), at least the 150 s that session 16's took, so the check ends by
-max(300 s, timings + 150 s) and says how long it took.
+The aim is 5 minutes. On one H200 it once ran past 400 s with 6 of its 22 tests unfinished: compiling the many
+small test programs dominates the tests. So the tests run without GPU GEMM autotuning, over half the host's cores
+(at most 8 xdist workers). On 2026-11-28 an H200 took 296 s (timings 153 s, of which 91 s compiling and timing 11
+step programs one after another; 23 tests 139 s, with the two 70 s tests started last), then 304 s on a slower
+machine with each worker started on one of the slowest tests (`device_test_order`; tests 130 s). Every timed
+program (the 11 step programs and the loop check's two, 42 s of which was `sd:K=4` alone) now compiles at once,
+in threads, before anything is timed; no GPU has timed that yet. The tests get what the timings leave of
+`--budget` (300 s), at least the 150 s they took on the H200, so the check ends by max(300 s, timings + 150 s)
+and says how long it took.
 
 1. Last, once the device is free of the timings: runs the test suite's parity and losslessness tests with JAX on
    the accelerator (float32 with `highest` matmul precision: TF32 would make float32 equality a bfloat16-like
@@ -25,8 +25,8 @@ max(300 s, timings + 150 s) and says how long it took.
 3. Runs the jitted loop itself on those random weights (`ar`, `sd:K=4`) to measure its overhead
    over the bare steps. Every program of steps 2 and 3 is compiled first, all at once.
 4. Random weights make acceptance meaningless, so projected tokens/s per method replay, round by round, the
-   traces that `adasd bench` recorded on the CPU with the real weights (`--records`, default: session 11's greedy
-   and temperature-1 GSM8K runs) with the step times measured here. A round of n proposals costs
+   traces that `adasd bench` recorded on the CPU with the real weights (`--records`, default: the greedy and
+   temperature-1 GSM8K 0-9 runs of 2026-11-28, shipped in `adasd_jax/bench/traces/`) with the step times measured here. A round of n proposals costs
        t_target(rows) + t_draft(first) + (steps - 1) * t_draft(1)
    rows = the smallest static verification width >= n, plus one; steps = n draft forwards, plus the declined
    token's forward when the entropy rule stopped the round and the token was left unproposed (spec AdaSD);
@@ -50,8 +50,7 @@ from adasd_jax.loop import verify_widths
 from adasd_jax.policies import Method
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU_RECORDS = [ROOT / "docs" / "results" / d / "results.json"
-               for d in ("speed_greedy_gsm8k_10_pad_s11", "speed_t1_gsm8k_10_pad_s11")]
+CPU_RECORDS = [Path(__file__).resolve().parent / "traces" / f"gsm8k-0-9-{t}.json" for t in ("greedy", "t1")]
 DATASHEET_GB_S = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L4": 300.0, "TPU v5 lite": 819.0, "TPU v4": 1200.0}
 # tests whose verdicts are the device-independent contract: logit parity, cache parity, losslessness
 DEVICE_TESTS = ["tests/test_models.py", "tests/test_engine.py", "tests/test_divergence.py", "tests/test_thresholds.py"]
@@ -288,7 +287,7 @@ def project_saved(steps_json: Path, records: list[Path]) -> dict[str, dict]:
 
 
 STARTED = time.perf_counter()  # at import, before JAX's: the whole check's clock
-MIN_TEST_S = 150  # session 16's test phases took 130-138 s on an H200
+MIN_TEST_S = 150  # the test phases took 130-138 s on an H200 (2026-11-28)
 
 
 def time_for_tests(budget: float, elapsed: float, explicit: int | None) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-# the tests that bound the device tests' duration, slowest first (one H200, session 16: 70, 70, 50, 47, 39, 39, 35
-# and 33 s; the other 15 took under 15 s each)
+# the tests that bound the device tests' duration, slowest first (one H200, 2026-11-28: 70, 70, 50, 47, 39, 39,
+# 35 and 33 s; the other 15 took under 15 s each)
 SLOWEST = ("thresholds_off", "draft_vocab_subset", "lossless_up_to_eos", "batch_equals_each_row_alone[adasd",
            "batch_equals_each_row_alone[dynamic", "batch_equals_each_row_alone[adaedl", "target_calls_and_draft",
            "batch_equals_each_row_alone[fsd")

