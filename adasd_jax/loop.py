@@ -22,8 +22,8 @@ from adasd_jax.state import CostTable, LoopState, MethodState, Metrics, Threshol
 
 # Candidate verification widths (proposals per target call). The target then runs w + 1 rows, a power
 # of two: XLA:CPU's bf16 dot streams the weights once per 8- or 16-row tile, so 9 rows cost 1.5x one row
-# and 17 rows 2.2x, while 2-8 rows cost 1.0-1.4x (docs/results/verify_widths_cpu.md). The draft cap's
-# width is K_max (17 rows at 16), which models.linear runs as 32 rows on CPU (docs/results/row_tiles/).
+# and 17 rows 2.2x, while 2-8 rows cost 1.0-1.4x (docs/results/engine/verify-widths-cpu/). The draft cap's
+# width is K_max (17 rows at 16), which models.linear runs as 32 rows on CPU (docs/results/engine/row-tiles/).
 WIDTHS = (0, 1, 3, 7, 15, 31, 63)
 
 
@@ -241,7 +241,7 @@ SEQUENTIAL_POSITIONS: bool | None = None  # None: on XLA:CPU, rounds of more tha
 def per_position(f, *xs):
     """f over the leading (position) axis. At a 152k vocabulary a pass over all 17 positions of a wide round streams
     10 MB, which misses XLA:CPU's caches: there the round's divergences cost 20-29 ms at once against 10-12 ms a
-    position at a time, while up to 8 positions cost the same either way (docs/results/accept_width/). Accelerators
+    position at a time, while up to 8 positions cost the same either way (docs/results/engine/accept-width/). Accelerators
     take every position in one kernel."""
     sequential = SEQUENTIAL_POSITIONS
     if sequential is None:

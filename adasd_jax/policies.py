@@ -22,7 +22,7 @@ EDL_GAMMA, EDL_LAMBDA0, EDL_RATE0, EDL_TARGET, EDL_STEP, EDL_RATE_EMA, EDL_LAMBD
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A decoding method and its switches (see docs: adasd-spec)."""
+    """A decoding method and its switches (docs/algorithm.md)."""
 
     name: str = "adasd"
     k: int = 4  # sd/fsd: fixed draft length; dynamic: start value is DYNAMIC_K0
