@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 import types
@@ -304,20 +305,24 @@ def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: 
 
 # ---------------------------------------------------------------- the cost table (stop="cost")
 
-def _median_s(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compiles on the first call
-    times = []
+def _fastest_s(calls: list, repeats: int) -> list[float]:
+    """The fastest of `repeats` timings of each call, taken in turns (after one warm-up call each, which compiles):
+    other load on the machine only ever adds time, and taking turns spreads its drift over every call alike."""
+    for call in calls:
+        jax.block_until_ready(call())
+    best = [math.inf] * len(calls)
     for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        for i, call in enumerate(calls):
+            t = time.perf_counter()
+            jax.block_until_ready(call())
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
-def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, repeats: int = 5) -> CostTable:
-    """Time the loop's own programs on this device, median of `repeats` after a warm-up call: one draft step and one
-    verification at each static width (the target forward and the acceptance over its positions, as `loop.verify`
-    runs them), in units of the narrowest verification (one row: an autoregressive step)."""
+def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, repeats: int = 7) -> CostTable:
+    """Time the loop's own programs on this device: one draft step and one verification at each static width (the
+    target forward and the acceptance over its positions, as `loop.verify` runs them), in units of the narrowest
+    verification (one row: an autoregressive step)."""
     B, K, V = batch, lc.k, lc.vocab
     pt, pd = pair.target.params, loop.with_draft_head(_draft_params(pair, lc.method), lc)
     cache = lambda c, params: models.init_cache(c, B, max_len, jax.tree.leaves(params)[0].dtype).with_lengths(
@@ -334,10 +339,10 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
         return loop.verify(pt, lc, s, jnp.zeros((B, K), jnp.int32), n, jnp.zeros((B,), bool), q_buf,
                            jnp.zeros((B,), jnp.float32), keys)
 
-    args = (cache(lc.target, pt), None, jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B))
-    verify_s = [_median_s(verification, pt, args[0], jnp.full((B,), w, jnp.int32), *args[2:], repeats=repeats)
-                for w in lc.widths]
-    draft_s = _median_s(draft_step, pd, jnp.zeros((B,), jnp.int32), cache(lc.draft, pd), repeats=repeats)
+    tcache, dcache = cache(lc.target, pt), cache(lc.draft, pd)
+    q_buf, keys, x = jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B), jnp.zeros((B,), int)
+    calls = [functools.partial(verification, pt, tcache, jnp.full((B,), w, jnp.int32), q_buf, keys) for w in lc.widths]
+    *verify_s, draft_s = _fastest_s(calls + [functools.partial(draft_step, pd, x.astype(jnp.int32), dcache)], repeats)
     verify_s = np.maximum.accumulate(verify_s)  # a wider verification does the narrower one's work and more
     return CostTable(draft=jnp.float32(draft_s / verify_s[0]), verify=jnp.asarray(verify_s / verify_s[0], jnp.float32))
 
