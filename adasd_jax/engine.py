@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import fetch, loop, policies, sharding
+from adasd_jax import fetch, loop, policies, sharding, validate
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
 from adasd_jax.state import ThresholdState, Trace
@@ -298,18 +298,17 @@ def _state_key(m: Method) -> str:
     return repr(m)
 
 
-def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace):
+def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace, seed=0,
+           batch_size=None):
     """Validate the request; return the static loop configuration and the tokenized prompts."""
+    validate.generation(method, max_new_tokens, temperature, top_k, top_p, seed, batch_size)
+    prompts = validate.prompts(prompts)
     m = Method.parse(method) if isinstance(method, str) else method
     if m.uses_draft and pair.draft is None:
         raise ValueError(f"method {m.name!r} needs a draft model; load the pair with draft=...")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if m.draft_vocab and pair.layout is not None:
         raise ValueError("draft_vocab runs on one device for now: load the pair without a mesh (adasd: --mesh none), "
                          "or drop draft_vocab")
-    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-        prompts = [prompts]
     ids = encode(pair, prompts, chat)
     lc = loop.LoopConfig(target=pair.target.config, draft=pair.draft.config if m.uses_draft else None, method=m,
                          sampling=Sampling(temperature, top_k, top_p), max_new_tokens=max_new_tokens,
@@ -371,7 +370,7 @@ def generate(pair: Pair, prompts, method: str | Method = "adasd", max_new_tokens
              state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
              batch_size: int | None = None, trace: bool = False) -> Output:
     """Generate for a list of prompts (strings or token-id lists). See the module docstring."""
-    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace)
+    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace, seed, batch_size)
     m = lc.method
     bs = batch_size or len(ids)
     thresholds = state
@@ -407,7 +406,8 @@ def precompile(pair: Pair, prompts, method: str | Method = "adasd", max_new_toke
     """Compile, without running, what `generate` with the same arguments runs: one program per batch size and
     prompt-length bucket. Returns the seconds spent compiling (0.0 when every program was built already). Warms a
     server's buckets before its first request; calls from several threads compile at once (XLA releases the GIL)."""
-    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace)
+    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace,
+                     batch_size=batch_size)
     bs = batch_size or len(ids)
     secs = 0.0
     for start in range(0, len(ids), bs):
@@ -450,7 +450,7 @@ class Stream:
     def __init__(self, pair: Pair, prompt, method="adasd", max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
                  chat=True, state=None, reset_state=False, seed=0):
         self.pair = pair
-        self.lc, ids = _setup(pair, [prompt], method, max_new_tokens, temperature, top_k, top_p, chat, False)
+        self.lc, ids = _setup(pair, [validate.one_prompt(prompt)], method, max_new_tokens, temperature, top_k, top_p, chat, False, seed)
         self.prompt, self.lengths, self.max_len = _pad(ids, self.lc)
         self.thresholds = _initial_thresholds(pair, self.lc.method, state, reset_state, 1, state is not None)
         self.seed, self.output = seed, None

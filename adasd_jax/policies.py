@@ -8,9 +8,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from adasd_jax import validate
 from adasd_jax.state import MethodState, ThresholdState
-
-METHODS = ("ar", "sd", "dynamic", "adaedl", "fsd", "adasd")
+from adasd_jax.validate import METHODS
 
 # Hugging Face assisted generation's heuristic draft length
 DYNAMIC_K0, DYNAMIC_UP, DYNAMIC_DOWN = 5, 2, 1
@@ -36,37 +36,15 @@ class Method:
     draft_vocab: int = 0  # any drafting method: the draft scores only the pair's N most frequent tokens (0: all)
 
     def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
-        if self.stats_on not in ("strict", "final"):
-            raise ValueError(f"stats_on must be 'strict' or 'final', got {self.stats_on!r}")
-        if self.t_g_rule not in ("mean", "midpoint"):
-            raise ValueError(f"t_g_rule must be 'mean' (the spec) or 'midpoint', got {self.t_g_rule!r}")
-        if not 1 <= self.k_max <= 64 or not 1 <= self.k <= self.k_max:
-            raise ValueError(f"need 1 <= k <= k_max <= 64, got k={self.k}, k_max={self.k_max}")
-        if self.draft_vocab < 0:
-            raise ValueError(f"draft_vocab is a number of tokens (0 = the whole vocabulary), got {self.draft_vocab}")
-        if self.propose_declined and self.name not in ("adasd", "adaedl"):
-            raise ValueError(f"propose_declined applies to the entropy-stopping methods adasd and adaedl, not {self.name}")
-        if self.name == "fsd" and not 0 <= self.tau <= 1:
-            raise ValueError(f"fsd tau is a JS distance in [0, 1], got {self.tau}")
+        fields = dataclasses.fields(self)
+        validate.method_fields(self.name, {f.name: getattr(self, f.name) for f in fields},
+                               {f.name: f.default for f in fields})
 
     @classmethod
     def parse(cls, spec: str) -> "Method":
-        """'adasd', 'sd:K=4', 'fsd:tau=0.3,K=5', 'adasd:count_declined=0,stats_on=final'."""
-        name, _, opts = spec.partition(":")
-        kw: dict = {"k": 5} if name in ("fsd", "dynamic") else {}
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        for item in filter(None, opts.split(",")):
-            key, eq, val = item.partition("=")
-            key = {"K": "k", "K_max": "k_max"}.get(key.strip(), key.strip())
-            if not eq or key not in fields or key == "name":
-                raise ValueError(f"bad method option {item!r} in {spec!r}; options: "
-                                 f"{', '.join(f for f in fields if f != 'name')}")
-            kind = fields[key]
-            kw[key] = (val in ("1", "true", "True", "on")) if kind == "bool" else (
-                int(val) if kind == "int" else float(val) if kind == "float" else val)
-        return cls(name=name, **kw)
+        """'adasd', 'sd:K=4', 'fsd:tau=0.3,K=5', 'adasd:count_declined=0,stats_on=final' (options: validate.OPTIONS)."""
+        name, kw = validate.method_options(spec)
+        return cls(name=name, **({"k": 5} if name in ("fsd", "dynamic") else {}) | kw)
 
     @property
     def uses_draft(self) -> bool:
