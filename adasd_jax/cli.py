@@ -5,7 +5,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 
 from adasd_jax import validate
 
@@ -25,6 +27,12 @@ def _add_model_args(p):
 def add_draft_layers_arg(p):
     p.add_argument("--draft-layers", type=int, default=None, metavar="N",
                    help="keep only the draft's first N layers (with its final norm and head): a weaker, cheaper draft")
+
+
+def add_overwrite_arg(p, what: str):
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace an existing {what} (a file, or a directory with files in it), in one step once the "
+                        "new one is complete; without it, such a destination is refused")
 
 
 def add_mesh_arg(p):
@@ -82,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert any supported model to this project's Orbax format")
     c.add_argument("src"), c.add_argument("dst")
     c.add_argument("--dtype", default="bfloat16")
+    add_overwrite_arg(c, "DST")
     i = sub.add_parser("info", help="print a model's architecture, parameter count, dtype and tokenizer")
     i.add_argument("src")
     sub.add_parser("bench", help="benchmark methods side by side (see `adasd bench --help`)", add_help=False)
@@ -150,9 +159,6 @@ def cmd_generate(a) -> int:
     return 0
 
 
-CHECKS = {"generate": check_generate}
-
-
 def cmd_fetch(a) -> int:
     from adasd_jax import engine
 
@@ -162,11 +168,15 @@ def cmd_fetch(a) -> int:
     return 0
 
 
+def check_convert(a) -> None:
+    validate.output(a.dst, "destination", a.overwrite, sources=[a.src])
+
+
 def cmd_convert(a) -> int:
     import models
 
     c, params, tok = models.load(a.src, a.dtype)
-    out = models.save(a.dst, c, params, tok, source=str(a.src))
+    out = models.save(a.dst, c, params, tok, source=str(a.src), overwrite=a.overwrite)
     print(f"wrote {out} ({c.model_type}, {c.num_params / 1e6:.0f}M parameters, {a.dtype})")
     return 0
 
@@ -207,7 +217,24 @@ def _multihost_setup() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also what native libraries print
 
 
+CHECKS = {"generate": check_generate, "convert": check_convert}  # run before JAX or a model loads
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # a kill (SIGTERM) cleans up like Ctrl-C
+
+
 def main(argv=None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    held = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, held if held is not None else signal.SIG_DFL)
+
+
+def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         _multihost_setup()
@@ -224,7 +251,7 @@ def main(argv=None) -> int:
     else:
         a = _parser().parse_args(argv)
     try:
-        a.checked = CHECKS[a.command](a) if a.command in CHECKS else None  # before JAX or a model loads
+        a.checked = CHECKS[a.command](a) if a.command in CHECKS else None
     except (ValueError, OSError) as e:
         print(f"adasd: error: {e}", file=sys.stderr)
         return 2

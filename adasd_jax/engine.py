@@ -109,7 +109,8 @@ def _resolve_default(which: str, dtype: str) -> str:
                       f"trusted: {problem}", stacklevel=2)
     gguf_path = fetch.fetch(artifact)
     c, params, tok = models.load(gguf_path, dtype, progress=True)
-    models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}")
+    models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}",
+                overwrite=True)  # this cache's own conversion, found damaged
     return str(converted)
 
 

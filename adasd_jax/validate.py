@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import re
 from pathlib import Path
 
 METHODS = ("ar", "sd", "dynamic", "adaedl", "fsd", "adasd")
@@ -245,8 +243,9 @@ def one_prompt(value):
 
 # ---------------------------------------------------------------- data rows
 
-def row_fields(row, fields: tuple[str, ...], where: str) -> dict:
-    """A data row (a JSON object) with each of `fields` present and a string."""
+def row_fields(row, fields: tuple[str, ...], where: str, kinds: dict | None = None) -> dict:
+    """A data row (a JSON object) with each of `fields` present and a string, or of its type in `kinds` (a list:
+    a non-empty list of strings)."""
     if not isinstance(row, dict):
         raise InputError(f"{where} is a JSON {type(row).__name__}, not an object; expected one object per line with "
                          f"{list(fields)}")
@@ -254,43 +253,22 @@ def row_fields(row, fields: tuple[str, ...], where: str) -> dict:
     if missing:
         raise InputError(f"{where} lacks field(s) {missing}; expected one JSON object per line with {list(fields)}")
     for f in fields:
-        if not isinstance(row[f], str):
-            raise InputError(f"{where}: field {f!r} is {_kind(row[f])}, expected a string; quote it in the file")
-        text(f"{where}: field {f!r}", row[f])
+        kind = (kinds or {}).get(f, str)
+        v = row[f]
+        ok = isinstance(v, kind) and not isinstance(v, bool)
+        if ok and kind is list:
+            ok = bool(v) and all(isinstance(x, str) for x in v)
+        if not ok:
+            want = "a non-empty list of strings" if kind is list else "a string" if kind is str else " or ".join(
+                k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise InputError(f"{where}: field {f!r} is {_kind(v)}, expected {want}; fix that line of the file")
+        for x in (v if isinstance(v, list) else [v]):
+            if isinstance(x, str):
+                text(f"{where}: field {f!r}", x)
     return row
 
 
 # ---------------------------------------------------------------- output paths
-
-TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def temp_sibling(path: Path, kind: str = "tmp") -> Path:
-    """Where a write to `path` happens before it is renamed into place: `.NAME.tmp-PID` beside it."""
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
-
-
-def stale_temps(path: Path) -> list[Path]:
-    """`.NAME.tmp-PID` / `.NAME.old-PID` entries beside `path` whose process is gone (left by a killed run)."""
-    if not path.parent.is_dir():
-        return []
-    out = []
-    for p in path.parent.iterdir():
-        m = TMP.match(p.name)
-        if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
-            out.append(p)
-    return out
-
 
 def output(path, flag: str, overwrite: bool = False, sources=(), may_hold: tuple[str, ...] = ()) -> Path:
     """An output directory that can be written without destroying anything: absent, empty, holding only the

@@ -677,6 +677,7 @@ def test_bench_max_buckets_bounds_the_compiled_programs(tiny_pair, tmp_path):
             "--no-progress", "--no-step-timing", "--out-dir", str(tmp_path / "out")]
     runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "1"]), pair=pair)
     assert len({k[1:3] for k in pair.compiled}) == 1 and pair.max_buckets == 0  # the caller's pair keeps its setting
+    argv.append("--overwrite")  # the same --out-dir again
     runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "0"]), pair=pair)
     assert len({k[1:3] for k in pair.compiled}) == 3  # 0 keeps all: the problems do span three buckets
     with pytest.raises(ValueError, match="--max-buckets must be >= 0"):

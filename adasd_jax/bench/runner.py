@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import engine, sharding
+from adasd_jax import engine, sharding, validate
 from adasd_jax.bench import datasets, execution, peers, report
-from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, mesh_kwargs
+from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, mesh_kwargs
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
+from models.load import orbax_io
 
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 DEFAULT_METHODS = "ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:count_declined=0"
@@ -436,6 +437,7 @@ def _parser() -> argparse.ArgumentParser:
                          "rest on N samples per problem (one sampled trajectory varies by about +-10%%)")
     ap.add_argument("--batch-size", type=int, default=1, help="prompts per generate call for JAX methods (hf: 1)")
     ap.add_argument("--out-dir", default="bench-out", help="where results.json, results.md and the PNGs go")
+    add_overwrite_arg(ap, "--out-dir")
     ap.add_argument("--no-trace", action="store_true", help="skip the per-round trace (and its plots)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
@@ -550,6 +552,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
     if a.resume and (a.merge or a.rescore):
         raise ValueError("--resume continues an interrupted run: it does not go with --merge or --rescore")
+    check_out_dir(a)
     if a.merge:
         return write_results(Path(a.out_dir), *merge(a.merge, a.replace), plots=not a.no_plots)
     if a.rescore:
@@ -559,8 +562,10 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     methods = split_methods(a.methods)
     if a.peer_limit < 0:
         raise ValueError(f"--peer-limit must be >= 0, got {a.peer_limit}")
-    if a.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
+    validate.integer("--batch-size", a.batch_size, lo=1)
+    validate.integer("--max-new-tokens", a.max_new_tokens, lo=1)
+    validate.real("--temperature", a.temperature, lo=0, note=" (0 = greedy)")
+    validate.real("--exec-timeout", a.exec_timeout, lo=0, lo_open=True)
     if a.max_buckets is not None and a.max_buckets < 0:
         raise ValueError(f"--max-buckets must be >= 0 (0 keeps every bucket), got {a.max_buckets}")
     if a.seeds > 1 and a.temperature == 0:
@@ -649,15 +654,33 @@ def rank_corpus_texts(files, problems) -> tuple[list[str], int]:
 
 
 def write_results(out: Path, config: dict, summary: dict, records: dict, plots: bool = True) -> dict:
-    """results.json, results.md and the PNGs into `out`; prints the table. Returns what results.json holds."""
-    table = report.markdown(summary, config)
-    report.write_atomic(out / "results.md", table)
-    result = _finite({"config": config, "summary": summary, "records": records})
-    report.write_atomic(out / "results.json", json.dumps(result, indent=1))
-    pngs = report.plots(records, summary, out) if plots else []
+    """results.json, results.md and the PNGs, written into a temp directory that then replaces `out` in one step
+    (check_out_dir refused an `out` holding other files first, unless --overwrite); prints the table. Returns what
+    results.json holds."""
+    out = Path(out).absolute()
+    orbax_io.sweep(out)
+    tmp = orbax_io.temp_sibling(out)
+    try:
+        tmp.mkdir(parents=True)
+        table = report.markdown(summary, config)
+        report.write_atomic(tmp / "results.md", table)
+        result = _finite({"config": config, "summary": summary, "records": records})
+        report.write_atomic(tmp / "results.json", json.dumps(result, indent=1))
+        pngs = [out / p.name for p in report.plots(records, summary, tmp)] if plots else []
+        orbax_io.publish(tmp, out)
+    except BaseException:
+        orbax_io.remove(tmp)
+        raise
     print(table)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in pngs))
     return result
+
+
+def check_out_dir(a) -> None:
+    """Refuse, before anything runs, an --out-dir that is a file, holds files other than an interrupted run's
+    checkpoint (unless --overwrite), or holds an input of this run."""
+    sources = [*(a.merge or []), a.rescore, a.data_file, *(a.rank_corpus or [])]
+    validate.output(a.out_dir, "--out-dir", a.overwrite, sources=sources, may_hold=(PARTIAL,))
 
 
 def main(argv=None) -> int:
