@@ -102,7 +102,7 @@ def describe(source: str | None, layers: int | None = None) -> dict | None:
 # ---------------------------------------------------------------- scoring
 
 def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict,
-          humaneval_extract: str = "spec") -> tuple[bool | None, dict]:
+          humaneval_extract: str = "spec", unsafe_exec: bool = False) -> tuple[bool | None, dict]:
     """(correct, details): GSM8K exact match, HumanEval pass@1 by execution, MT-bench unscored."""
     if text is None or prob.dataset == "mtbench":
         return None, {}
@@ -111,7 +111,7 @@ def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict,
     completion = datasets.humaneval_completion(prob.prompt, text, prob.entry_point, humaneval_extract)
     key = (prob.id, completion)
     if key not in cache:
-        cache[key] = execution.passes(prob.prompt, completion, prob.answer, prob.entry_point, timeout)
+        cache[key] = execution.passes(prob.prompt, completion, prob.answer, prob.entry_point, timeout, unsafe_exec)
     passed, result = cache[key]
     return passed, {"completion": completion, "result": result}
 
@@ -180,7 +180,7 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
         temperature: float = 0.0, seed: int = 0, batch_size: int = 1, hf: peers.HFPair | None = None,
         trace: bool = True, progress: bool = True, exec_timeout: float = execution.TIMEOUT_S,
         peer_limit: int = 0, step_samples: list[float] | None = None, humaneval_extract: str = "spec",
-        done: dict | None = None, start: int = 0, checkpoint=None) -> dict:
+        done: dict | None = None, start: int = 0, checkpoint=None, unsafe_exec: bool = False) -> dict:
     """Every method on every problem; the method order rotates per batch of problems. Returns per-method records.
 
     peer_limit > 0 runs the torch peers on the first `peer_limit` problems only (they are 5-10x slower);
@@ -223,7 +223,8 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
                     for rec in recs:
                         rec["prefill_s"] = pre
             for prob, rec in zip(chunk, recs):
-                rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache, humaneval_extract)
+                rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache, humaneval_extract,
+                                                     unsafe_exec)
             records[spec] += recs
             bar.update(1)
             rates = {m: sum(r["new_tokens"] for r in rs) / max(sum(r["run_s"] for r in rs), 1e-9)
@@ -313,7 +314,7 @@ def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, di
 
 
 def rescore(d: str | Path, humaneval_extract: str = "spec", timeout: float = execution.TIMEOUT_S,
-            ) -> tuple[dict, dict, dict]:
+            unsafe_exec: bool = False) -> tuple[dict, dict, dict]:
     """(config, summary, records) of a result directory scored again with the current scorer: the same tokens,
     times and ratios; the accuracy (and each record's score) may change."""
     f = Path(d) / "results.json"
@@ -323,12 +324,14 @@ def rescore(d: str | Path, humaneval_extract: str = "spec", timeout: float = exe
     cfg = r["config"]
     if cfg["dataset"] == "mtbench":
         raise ValueError("--rescore: MT-bench results are not scored")
+    if cfg["dataset"] == "humaneval":
+        execution.require_isolation(unsafe_exec)
     problems = {p.id: p for p in datasets.load(cfg["dataset"], cfg.get("data_file"))}
     records, cache = r["records"], {}
     for recs in records.values():
         for rec in recs:
             prob = problems[rec["problem"].split("#s")[0]]  # a --seeds repeat scores as its problem
-            rec["correct"], rec["score"] = score(prob, rec["text"], timeout, cache, humaneval_extract)
+            rec["correct"], rec["score"] = score(prob, rec["text"], timeout, cache, humaneval_extract, unsafe_exec)
     config = {**cfg, "prompt_template": datasets.template(cfg["dataset"], humaneval_extract),
               "humaneval_extract": humaneval_extract, "humaneval_timeout_s": timeout,
               "rescored": {"from": str(d), "argv": sys.argv, "commit": source_commit()}}
@@ -465,6 +468,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
                          "or transformers' packed quantized kernels")
     ap.add_argument("--exec-timeout", type=float, default=execution.TIMEOUT_S, help="seconds per HumanEval test run")
+    ap.add_argument(execution.UNSAFE_FLAG, action="store_true",
+                    help="run HumanEval's generated code even where it cannot be isolated (no unshare, or user "
+                         "namespaces disabled): it can then read, change and delete your files and use the network. "
+                         "By default it runs in Linux namespaces (no network, read-only files but its temp "
+                         "directory, no process outliving it), and is refused where those are unavailable")
     ap.add_argument("--humaneval-extract", default="spec", choices=datasets.HUMANEVAL_EXTRACT,
                     help="HumanEval completion: the continuation cut at the stop sequences (spec), or also a fenced "
                          "code block taken out and non-compiling trailing lines dropped (fenced, not the spec)")
@@ -556,7 +564,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     if a.merge:
         return write_results(Path(a.out_dir), *merge(a.merge, a.replace), plots=not a.no_plots)
     if a.rescore:
-        return write_results(Path(a.out_dir), *rescore(a.rescore, a.humaneval_extract, a.exec_timeout),
+        return write_results(Path(a.out_dir), *rescore(a.rescore, a.humaneval_extract, a.exec_timeout, a.unsafe_exec),
                              plots=not a.no_plots)
     commit = source_commit()  # the code this run imports: read before a long run, while the checkout may change
     methods = split_methods(a.methods)
@@ -566,6 +574,8 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     validate.integer("--max-new-tokens", a.max_new_tokens, lo=1)
     validate.real("--temperature", a.temperature, lo=0, note=" (0 = greedy)")
     validate.real("--exec-timeout", a.exec_timeout, lo=0, lo_open=True)
+    if a.dataset == "humaneval":
+        execution.require_isolation(a.unsafe_exec)
     if a.max_buckets is not None and a.max_buckets < 0:
         raise ValueError(f"--max-buckets must be >= 0 (0 keeps every bucket), got {a.max_buckets}")
     if a.seeds > 1 and a.temperature == 0:
@@ -625,7 +635,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
                   trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout,
                   peer_limit=a.peer_limit, step_samples=steps, humaneval_extract=a.humaneval_extract,
-                  done=done, start=start, checkpoint=checkpoint)
+                  done=done, start=start, checkpoint=checkpoint, unsafe_exec=a.unsafe_exec)
     summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
                                batch_size=a.batch_size)
     if jax.process_index() != 0:  # multi-host: process 0 alone writes
