@@ -176,6 +176,7 @@ def cmd_convert(a) -> int:
     import models
 
     c, params, tok = models.load(a.src, a.dtype)
+    check_interrupted()  # a Ctrl-C that Python swallowed while loading stops here, before anything is written
     out = models.save(a.dst, c, params, tok, source=str(a.src), overwrite=a.overwrite)
     print(f"wrote {out} ({c.model_type}, {c.num_params / 1e6:.0f}M parameters, {a.dtype})")
     return 0
@@ -220,18 +221,37 @@ def _multihost_setup() -> None:
 CHECKS = {"generate": check_generate, "convert": check_convert}  # run before JAX or a model loads
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt  # a kill (SIGTERM) cleans up like Ctrl-C
+_SIGNALS: list[int] = []  # Ctrl-C (SIGINT) and kills (SIGTERM) received while a command runs
+
+
+def _interrupted(signum, frame):
+    _SIGNALS.append(signum)
+    raise KeyboardInterrupt  # a kill stops as cleanly as Ctrl-C
+
+
+def _quiet_interrupts(hook):
+    """An unraisable-exception hook that drops a KeyboardInterrupt raised in a finalizer or GC callback, where Python
+    prints and swallows it: `check_interrupted` raises it again at the next safe point."""
+    return lambda u: None if issubclass(u.exc_type, KeyboardInterrupt) else hook(u)
+
+
+def check_interrupted() -> None:
+    if _SIGNALS:
+        raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
-    held = signal.signal(signal.SIGTERM, _terminated)
+    _SIGNALS.clear()
+    held = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_interrupts(sys.unraisablehook)
     try:
         return _main(argv)
     finally:
-        signal.signal(signal.SIGTERM, held if held is not None else signal.SIG_DFL)
+        sys.unraisablehook = hook
+        for s, h in held.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def _main(argv=None) -> int:

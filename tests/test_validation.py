@@ -296,6 +296,30 @@ def test_an_interrupted_convert_leaves_nothing(capsys, tiny_hf, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ctrl_c_that_python_swallows_still_stops_convert_before_it_writes(capsys, tiny_hf, tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised in a finalizer is printed and dropped by Python (jax's GC callback is one such
+    place): convert must still stop before writing, without printing that traceback."""
+    import time
+
+    import models
+
+    real = models.load
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, inside the finalizer
+
+    def load(*a, **kw):
+        Finalized()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(models, "load", load)
+    rc, out, err = run_cli(capsys, "convert", tiny_hf, tmp_path / "out", "--dtype", "float32")
+    assert rc == 130 and "interrupted" in err and "Exception ignored" not in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_models_save_refuses_to_replace_unless_asked(tmp_path, tiny_pair):
     import models
 
