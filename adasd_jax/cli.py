@@ -107,7 +107,8 @@ def _summary_line(s: dict) -> str:
 
 def stdin_prompts() -> list[str]:
     """Non-blank lines of stdin, which must be UTF-8 text."""
-    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    stdin = sys.stdin
+    raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogateescape")
     lines = []
     for i, line in enumerate(raw.splitlines(), 1):
         try:

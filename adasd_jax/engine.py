@@ -451,7 +451,8 @@ class Stream:
     def __init__(self, pair: Pair, prompt, method="adasd", max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
                  chat=True, state=None, reset_state=False, seed=0):
         self.pair = pair
-        self.lc, ids = _setup(pair, [validate.one_prompt(prompt)], method, max_new_tokens, temperature, top_k, top_p, chat, False, seed)
+        self.lc, ids = _setup(pair, [validate.one_prompt(prompt)], method, max_new_tokens, temperature, top_k, top_p,
+                              chat, False, seed)
         self.prompt, self.lengths, self.max_len = _pad(ids, self.lc)
         self.thresholds = _initial_thresholds(pair, self.lc.method, state, reset_state, 1, state is not None)
         self.seed, self.output = seed, None

@@ -53,11 +53,11 @@ def _allowed(option: str) -> str:
     return f"{noun} from {lo} to {hi}" if hi is not None else f"{noun} >= {lo}"
 
 
-def option_value(option: str, value, text: bool = False):
-    """`value` of a method option, checked (from the text of a method string when `text`)."""
+def option_value(option: str, value, from_text: bool = False):
+    """`value` of a method option, checked (parsed from a method string's text when `from_text`)."""
     kind, _, bounds = OPTIONS[option]
     bad = InputError(f"method option {option}={value!r} is not {_allowed(option)}")
-    if text:
+    if from_text:
         value = value.strip()
         if kind == "bool":
             if value.lower() not in BOOLS:
@@ -104,7 +104,7 @@ def method_options(spec: str) -> tuple[str, dict]:
             raise InputError(f"method option {key} applies to {', '.join(OPTIONS[key][1])}, not {name} ({hint})")
         if key in kw:
             raise InputError(f"method option {key} is given twice in {spec!r}: keep one")
-        kw[key] = option_value(key, val, text=True)
+        kw[key] = option_value(key, val, from_text=True)
     return name, kw
 
 

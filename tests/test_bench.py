@@ -17,6 +17,13 @@ HE_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 HE_TEST = "def check(f):\n    assert f(1, 2) == 3\n    assert f(-1, 1) == 0\n"
 
 
+@pytest.fixture(autouse=True)
+def honest_programs_run_where_there_is_no_sandbox(monkeypatch):
+    """These tests run this file's own programs; the sandbox and its refusal are tested in test_sandbox.py."""
+    if execution.sandbox_problem() is not None:
+        monkeypatch.setattr(execution, "require_isolation", lambda unsafe: None)
+
+
 # ---------------------------------------------------------------- GSM8K answers
 
 @pytest.mark.parametrize("text, expected", [

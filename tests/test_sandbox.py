@@ -83,9 +83,9 @@ def test_the_users_home_and_cache_are_not_visible():
     marker = Path.home() / ".cache" / f"adasd-sandbox-{uuid.uuid4().hex}"
     marker.mkdir(parents=True)
     try:
-        ok, result = run("import os, pwd\nhome = pwd.getpwuid(os.getuid()).pw_dir\n"
-                         "seen = os.listdir(os.path.join(home, '.cache')) if os.path.isdir(os.path.join(home, '.cache'))"
-                         " else []\nraise SystemExit('SEEN ' + repr(seen))")
+        ok, result = run(f"import os\ncache = {str(marker.parent)!r}\n"
+                         "seen = os.listdir(cache) if os.path.isdir(cache) else []\n"
+                         "raise SystemExit('SEEN ' + repr(seen))")
     finally:
         marker.rmdir()
     assert not ok and result.startswith("failed: SEEN") and marker.name not in result
