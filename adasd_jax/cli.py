@@ -5,7 +5,11 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
+
+from adasd_jax import validate
 
 EPILOG = """models: --draft/--target take a hub id, a Hugging Face directory, a .gguf file or a directory
 written by `adasd convert`; without them the built-in Qwen2.5-Coder 0.5B -> 1.5B Instruct pair is
@@ -23,6 +27,12 @@ def _add_model_args(p):
 def add_draft_layers_arg(p):
     p.add_argument("--draft-layers", type=int, default=None, metavar="N",
                    help="keep only the draft's first N layers (with its final norm and head): a weaker, cheaper draft")
+
+
+def add_overwrite_arg(p, what: str):
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace an existing {what} (a file, or a directory with files in it), in one step once the "
+                        "new one is complete; without it, such a destination is refused")
 
 
 def add_mesh_arg(p):
@@ -81,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert any supported model to this project's Orbax format")
     c.add_argument("src"), c.add_argument("dst")
     c.add_argument("--dtype", default="bfloat16")
+    add_overwrite_arg(c, "DST")
     i = sub.add_parser("info", help="print a model's architecture, parameter count, dtype and tokenizer")
     i.add_argument("src")
     sub.add_parser("bench", help="benchmark methods side by side (see `adasd bench --help`)", add_help=False)
@@ -97,12 +108,34 @@ def _summary_line(s: dict) -> str:
             f"T_G {t_g}, T_V {s['t_v']:.3f}{cost}]")
 
 
+def stdin_prompts() -> list[str]:
+    """Non-blank lines of stdin, which must be UTF-8 text."""
+    stdin = sys.stdin
+    raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogateescape")
+    lines = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise validate.InputError(f"stdin line {i} is not UTF-8 text (byte 0x{line[e.start]:02x} at {e.start}): "
+                                      "pass UTF-8 text, or convert it first (e.g. iconv -t UTF-8)") from None
+    return [x for x in lines if x.strip()]
+
+
+def check_generate(a) -> list[str]:
+    """Every argument of `adasd generate` checked, and the prompts read, before anything heavy is imported."""
+    validate.generation(a.method, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, a.batch_size, flag=True)
+    validate.integer("--draft-layers", a.draft_layers, lo=1, none_means="leave it out to keep every layer")
+    prompts = [validate.text(f"prompt {i}", p) for i, p in enumerate(a.prompts)] or stdin_prompts()
+    if not prompts:
+        raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
+    return prompts
+
+
 def cmd_generate(a) -> int:
     from adasd_jax import engine
 
-    prompts = a.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not prompts:
-        raise ValueError("no prompts: pass them as arguments or on stdin, one per line")
+    prompts = a.checked
     pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
                             **mesh_kwargs(a))
     a.method = a.method or engine.policies.DEFAULT_METHOD
@@ -140,11 +173,16 @@ def cmd_fetch(a) -> int:
     return 0
 
 
+def check_convert(a) -> None:
+    validate.output(a.dst, "destination", a.overwrite, sources=[a.src])
+
+
 def cmd_convert(a) -> int:
     import models
 
     c, params, tok = models.load(a.src, a.dtype)
-    out = models.save(a.dst, c, params, tok, source=str(a.src))
+    check_interrupted()  # a Ctrl-C that Python swallowed while loading stops here, before anything is written
+    out = models.save(a.dst, c, params, tok, source=str(a.src), overwrite=a.overwrite)
     print(f"wrote {out} ({c.model_type}, {c.num_params / 1e6:.0f}M parameters, {a.dtype})")
     return 0
 
@@ -185,11 +223,46 @@ def _multihost_setup() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also what native libraries print
 
 
+CHECKS = {"generate": check_generate, "convert": check_convert}  # run before JAX or a model loads
+
+
+_SIGNALS: list[int] = []  # Ctrl-C (SIGINT) and kills (SIGTERM) received while a command runs
+
+
+def _interrupted(signum, frame):
+    _SIGNALS.append(signum)
+    raise KeyboardInterrupt  # a kill stops as cleanly as Ctrl-C
+
+
+def _quiet_interrupts(hook):
+    """An unraisable-exception hook that drops a KeyboardInterrupt raised in a finalizer or GC callback, where Python
+    prints and swallows it: `check_interrupted` raises it again at the next safe point."""
+    return lambda u: None if issubclass(u.exc_type, KeyboardInterrupt) else hook(u)
+
+
+def check_interrupted() -> None:
+    if _SIGNALS:
+        raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    _SIGNALS.clear()
+    held = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_interrupts(sys.unraisablehook)
+    try:
+        return _main(argv)
+    finally:
+        sys.unraisablehook = hook
+        for s, h in held.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["generate"], ["bench"]):
-        _multihost_setup()
     if argv[:1] == ["bench"]:
+        _multihost_setup()
         from adasd_jax.bench import runner
 
         return runner.main(argv[1:]) or 0
@@ -202,6 +275,13 @@ def main(argv=None) -> int:
         a.command = "distill"
     else:
         a = _parser().parse_args(argv)
+    try:
+        a.checked = CHECKS[a.command](a) if a.command in CHECKS else None
+    except (ValueError, OSError) as e:
+        print(f"adasd: error: {e}", file=sys.stderr)
+        return 2
+    if a.command == "generate":
+        _multihost_setup()
     from adasd_jax.fetch import FetchError
     from models import CheckpointError, ConfigError
 

@@ -33,8 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from models.load import orbax_io
 
 import models
+from adasd_jax import validate
 from adasd_jax.bench.datasets import GSM8K_INSTRUCTION, jsonl_rows
 
 Params = dict[str, Any]
@@ -259,10 +261,26 @@ def continuations(target: models.Config, target_params, tokenizer, prompts: list
 # ---------------------------------------------------------------- models
 
 def check_init(spec: str, layers: int | None) -> None:
-    """Refuse `--init layers:N` with `--init-layers` (before any model loads)."""
-    if spec.startswith("layers:") and layers is not None:
-        raise ValueError(f"--init-layers cuts another model; --init {spec} already picks the target's layers: "
-                         "drop one of the two")
+    """Refuse a malformed `--init layers:N`, or one with `--init-layers` (before any model loads)."""
+    if spec.startswith("layers:"):
+        n = spec.split(":", 1)[1]
+        if not n.strip().isdigit() or int(n) < 1:
+            raise ValueError(f"--init {spec!r}: write layers:N with an integer N >= 1, e.g. layers:8")
+        if layers is not None:
+            raise ValueError(f"--init-layers cuts another model; --init {spec} already picks the target's layers: "
+                             "drop one of the two")
+
+
+def check_output(a, out: Path, train_dir: Path) -> None:
+    """Refuse an --out or OUT.train/ that holds what this command did not make (before anything is written)."""
+    ours = (train_dir / "train.json").is_file()
+    own_draft = ours and orbax_io.is_orbax_dir(out) and str(orbax_io.load_config(out)[1].get("source")).startswith(
+        "adasd distill")
+    sources = [a.target, a.data, a.eval_data] + ([] if a.init.startswith("layers:") else [a.init])
+    validate.output(out, "--out", a.overwrite or own_draft, sources=sources)
+    if train_dir.exists() and not ours and (not train_dir.is_dir() or any(train_dir.iterdir())):
+        raise ValueError(f"{train_dir} exists and was not made by adasd distill (it has no train.json): move it "
+                         "away, or pick another --out")
 
 
 def init_draft(spec: str, target_config: models.Config, target_params: Params, tokenizer, dtype: str,
@@ -406,7 +424,8 @@ def settings_key(settings: dict) -> str:
 def prepare_train_dir(train_dir: Path, settings: dict, restart: bool) -> None:
     """Create DIR.train, or check that it was made by the same command (else resuming would mix two runs)."""
     meta = train_dir / "train.json"
-    if restart and train_dir.exists():
+    started = (train_dir / "log.jsonl").is_file() or (train_dir / "checkpoints").is_dir()
+    if meta.is_file() and (restart or not started):  # ours; with nothing trained, settings may change freely
         shutil.rmtree(train_dir)
     if meta.is_file():
         old = json.loads(meta.read_text())
@@ -514,6 +533,9 @@ def add_arguments(p) -> None:
     p.add_argument("--loss", choices=tuple(LOSSES), default="kl", help="kl: forward KL (default) | tv: total variation")
     p.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps")
     p.add_argument("--restart", action="store_true", help="discard OUT.train/ and start over")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT that this command did not write (a file, or a directory with files "
+                        "in it), in one step once the new draft is complete; without it, such an OUT is refused")
     p.add_argument("--eval", action="store_true", help="report agreement and speculative figures before and after")
     p.add_argument("--eval-data", default=None, help="held-out jsonl (default: --data)")
     p.add_argument("--eval-offset", type=int, default=0)
@@ -540,6 +562,9 @@ def main(a) -> int:
     if a.ckpt_every < 1:
         raise ValueError(f"--ckpt-every must be >= 1, got {a.ckpt_every}")
     check_init(a.init, a.init_layers)
+    out = Path(a.out).expanduser().absolute()
+    train_dir = out.with_name(out.name + ".train")
+    check_output(a, out, train_dir)
     h = Hyper(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, warmup=a.warmup,
               weight_decay=a.weight_decay, clip=a.clip, loss=a.loss, compute_dtype=a.compute_dtype, seed=a.seed)
     methods = a.eval_methods.split(",")
@@ -549,8 +574,6 @@ def main(a) -> int:
             Method.parse(m)
     rows = read_rows(a.data, a.offset, a.limit)  # fail on bad data before loading models
     eval_rows = read_rows(a.eval_data or a.data, a.eval_offset, a.eval_limit) if a.eval else None
-    out = Path(a.out).expanduser().absolute()
-    train_dir = out.with_name(out.name + ".train")
     settings = {"target": str(a.target), "init": a.init, "data": str(Path(a.data).resolve()), "offset": a.offset,
                 "limit": a.limit, "template": a.template, "continuations": a.continuations, "dtype": a.dtype,
                 "ckpt_every": a.ckpt_every, **dataclasses.asdict(h)}
@@ -601,7 +624,8 @@ def main(a) -> int:
     report["train_s_this_call"] = time.perf_counter() - t
     save_dtype = models.parse_dtype(a.save_dtype or a.dtype)
     final = jax.tree.map(lambda x: x.astype(save_dtype), state.params)
-    models.save(out, dc, final, tok, source=f"adasd distill --target {a.target} --init {init_name} ({h.steps} steps)")
+    models.save(out, dc, final, tok, source=f"adasd distill --target {a.target} --init {init_name} ({h.steps} steps)",
+                overwrite=True)  # checked by check_output before the run
     log = _read_log(train_dir / "log.jsonl", h.steps)
     report["loss_first"], report["loss_last"] = log[0]["loss"], log[-1]["loss"]
     print(f"wrote {out}: loss {log[0]['loss']:.4f} -> {log[-1]['loss']:.4f} over {h.steps} steps", file=sys.stderr)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import fetch, loop, policies, sharding
+from adasd_jax import fetch, loop, policies, sharding, validate
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
 from adasd_jax.state import CostTable, ThresholdState, Trace
@@ -121,7 +121,8 @@ def _resolve_default(which: str, dtype: str) -> str:
                       f"trusted: {problem}", stacklevel=2)
     gguf_path = fetch.fetch(artifact)
     c, params, tok = models.load(gguf_path, dtype, progress=True)
-    models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}")
+    models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}",
+                overwrite=True)  # this cache's own conversion, found damaged
     return str(converted)
 
 
@@ -411,18 +412,17 @@ def _state_key(m: Method) -> str:
     return repr(m)
 
 
-def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace):
+def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace, seed=0,
+           batch_size=None):
     """Validate the request; return the static loop configuration and the tokenized prompts."""
+    validate.generation(method, max_new_tokens, temperature, top_k, top_p, seed, batch_size)
+    prompts = validate.prompts(prompts)
     m = Method.parse(method) if isinstance(method, str) else method
     if m.uses_draft and pair.draft is None:
         raise ValueError(f"method {m.name!r} needs a draft model; load the pair with draft=...")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if m.draft_vocab and pair.layout is not None:
         raise ValueError("draft_vocab runs on one device for now: load the pair without a mesh (adasd: --mesh none), "
                          "or drop draft_vocab")
-    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-        prompts = [prompts]
     ids = encode(pair, prompts, chat)
     lc = loop.LoopConfig(target=pair.target.config, draft=pair.draft.config if m.uses_draft else None, method=m,
                          sampling=Sampling(temperature, top_k, top_p), max_new_tokens=max_new_tokens,
@@ -485,7 +485,7 @@ def generate(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METHOD
              batch_size: int | None = None, trace: bool = False, costs: CostTable | None = None) -> Output:
     """Generate for a list of prompts (strings or token-id lists). See the module docstring. A stop="cost" method
     runs with `costs`, else with the pair's cost table (measured at its first use, then cached)."""
-    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace)
+    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace, seed, batch_size)
     m = lc.method
     bs = batch_size or len(ids)
     thresholds = state
@@ -529,7 +529,8 @@ def precompile(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METH
     """Compile, without running, what `generate` with the same arguments runs: one program per batch size and
     prompt-length bucket. Returns the seconds spent compiling (0.0 when every program was built already). Warms a
     server's buckets before its first request; calls from several threads compile at once (XLA releases the GIL)."""
-    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace)
+    lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace,
+                     batch_size=batch_size)
     bs = batch_size or len(ids)
     secs = 0.0
     for start in range(0, len(ids), bs):
@@ -569,10 +570,11 @@ class Stream:
     which is the price of streaming (`generate` runs the whole loop on the device instead).
     """
 
-    def __init__(self, pair: Pair, prompt, method=policies.DEFAULT_METHOD, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
-                 chat=True, state=None, reset_state=False, seed=0, costs=None):
+    def __init__(self, pair: Pair, prompt, method=policies.DEFAULT_METHOD, max_new_tokens=128, temperature=0.0,
+                 top_k=0, top_p=1.0, chat=True, state=None, reset_state=False, seed=0, costs=None):
         self.pair = pair
-        self.lc, ids = _setup(pair, [prompt], method, max_new_tokens, temperature, top_k, top_p, chat, False)
+        self.lc, ids = _setup(pair, [validate.one_prompt(prompt)], method, max_new_tokens, temperature, top_k, top_p,
+                              chat, False, seed)
         self.prompt, self.lengths, self.max_len = _pad(ids, self.lc)
         self.costs, self.cost_source = (costs, "given") if costs is not None else (
             cost_table(pair, self.lc, 1, self.max_len) if self.lc.method.cost_aware else

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adasd_jax import validate
 from adasd_jax.state import CostTable, MethodState, ThresholdState
+from adasd_jax.validate import METHODS
 
-METHODS = ("ar", "sd", "dynamic", "adaedl", "fsd", "adasd")
 DEFAULT_METHOD = "adasd"  # what generate, the CLI and the README run when no method is named
 
 # Hugging Face assisted generation's heuristic draft length
@@ -40,44 +41,18 @@ class Method:
     bins: int = 32  # adasd stop=cost: entropy bins of the acceptance model (a representation, not a knob)
 
     def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
-        if self.stats_on not in ("strict", "final"):
-            raise ValueError(f"stats_on must be 'strict' or 'final', got {self.stats_on!r}")
-        if self.t_g_rule not in ("mean", "midpoint"):
-            raise ValueError(f"t_g_rule must be 'mean' (the spec) or 'midpoint', got {self.t_g_rule!r}")
-        if not 1 <= self.k_max <= 64 or not 1 <= self.k <= self.k_max:
-            raise ValueError(f"need 1 <= k <= k_max <= 64, got k={self.k}, k_max={self.k_max}")
-        if self.draft_vocab < 0:
-            raise ValueError(f"draft_vocab is a number of tokens (0 = the whole vocabulary), got {self.draft_vocab}")
-        if self.propose_declined and self.name not in ("adasd", "adaedl"):
-            raise ValueError(f"propose_declined applies to the entropy-stopping methods adasd and adaedl, not {self.name}")
-        if self.stop not in ("entropy", "cost"):
-            raise ValueError(f"stop must be 'entropy' (the paper's T_G) or 'cost' (the cost-aware stop), got {self.stop!r}")
-        if self.stop == "cost" and (self.name != "adasd" or self.propose_declined or not self.entropy_stop):
-            raise ValueError("stop=cost is a rule of adasd that decides proposing itself: it does not combine with "
-                             "propose_declined or entropy_stop=0")
-        if not 2 <= self.bins <= 1024:
-            raise ValueError(f"bins must be in [2, 1024], got {self.bins}")
-        if self.name == "fsd" and not 0 <= self.tau <= 1:
-            raise ValueError(f"fsd tau is a JS distance in [0, 1], got {self.tau}")
+        fields = dataclasses.fields(self)
+        validate.method_fields(self.name, {f.name: getattr(self, f.name) for f in fields},
+                               {f.name: f.default for f in fields})
+        if self.stop == "cost" and (self.propose_declined or not self.entropy_stop):
+            raise validate.InputError("stop=cost decides proposing itself: it does not combine with propose_declined "
+                                      "or entropy_stop=0")
 
     @classmethod
     def parse(cls, spec: str) -> "Method":
-        """'adasd', 'sd:K=4', 'fsd:tau=0.3,K=5', 'adasd:count_declined=0,stats_on=final'."""
-        name, _, opts = spec.partition(":")
-        kw: dict = {"k": 5} if name in ("fsd", "dynamic") else {}
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        for item in filter(None, opts.split(",")):
-            key, eq, val = item.partition("=")
-            key = {"K": "k", "K_max": "k_max"}.get(key.strip(), key.strip())
-            if not eq or key not in fields or key == "name":
-                raise ValueError(f"bad method option {item!r} in {spec!r}; options: "
-                                 f"{', '.join(f for f in fields if f != 'name')}")
-            kind = fields[key]
-            kw[key] = (val in ("1", "true", "True", "on")) if kind == "bool" else (
-                int(val) if kind == "int" else float(val) if kind == "float" else val)
-        return cls(name=name, **kw)
+        """'adasd', 'sd:K=4', 'fsd:tau=0.3,K=5', 'adasd:count_declined=0,stats_on=final' (options: validate.OPTIONS)."""
+        name, kw = validate.method_options(spec)
+        return cls(name=name, **({"k": 5} if name in ("fsd", "dynamic") else {}) | kw)
 
     @property
     def uses_draft(self) -> bool:

@@ -149,9 +149,11 @@ def first_layers(config: Config, params, n: int, label: str | None = None):
     return dataclasses.replace(config, num_layers=n), sub
 
 
-def save(path: str | Path, config: Config, params, tokenizer=None, source: str | None = None) -> Path:
-    """Write an Orbax checkpoint that `load` reads back bit-exactly (atomic: temp dir, then rename)."""
+def save(path: str | Path, config: Config, params, tokenizer=None, source: str | None = None,
+         overwrite: bool = False) -> Path:
+    """Write an Orbax checkpoint that `load` reads back bit-exactly (atomic: temp dir, then rename). An existing
+    file or non-empty directory at `path` is refused, or with `overwrite` replaced in one step."""
     from models.load import orbax_io
 
     check_params(params, config)
-    return orbax_io.save(Path(path), config, params, tokenizer, source)
+    return orbax_io.save(Path(path), config, params, tokenizer, source, overwrite)

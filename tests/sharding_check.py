@@ -29,19 +29,19 @@ from adasd_jax.engine import Model, Pair
 
 MESHES = ("data=8,model=1", "data=1,model=8", "data=2,model=4", "data=4,model=2")
 # every method, with small draft buffers: each (method, mesh) is one compilation (~5 s of CPU on a mesh)
-METHODS = ("ar", "sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2", "fsd:K=2", "adasd:K=2,k_max=2")
+METHODS = ("ar", "sd:K=2", "dynamic:k_max=2", "adaedl:k_max=2", "fsd:K=2", "adasd:k_max=2")
 # mesh -> (methods, draft replicated): every method on every mesh, the draft sharded like the target on
 # data=4,model=2. A key is a mesh and, after it, `--rule` items: "MESH 2d" is the table with the MLP, vocabulary
 # and query heads on both mesh axes (weights stay put, rows move); BUFFERS puts the per-row buffers, the prompts
 # and the caches' positions, and the trace's rounds on `model` too (table entries that the default leaves whole).
 BUFFERS = "data=2,model=4 draft_slot=model seq=model rounds=model"
 PLAN = {"data=2,model=4": (METHODS, True), "data=8,model=1": (METHODS, True), "data=1,model=8": (METHODS, True),
-        "data=4,model=2": (METHODS, False), "data=2,model=4 2d": (("ar", "adasd:K=2,k_max=2"), False),
-        BUFFERS: (("ar", "adasd:K=2,k_max=2"), True)}
-LOSSLESS = ("sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2")  # equal to ar on one device (test_engine)
+        "data=4,model=2": (METHODS, False), "data=2,model=4 2d": (("ar", "adasd:k_max=2"), False),
+        BUFFERS: (("ar", "adasd:k_max=2"), True)}
+LOSSLESS = ("sd:K=2", "dynamic:k_max=2", "adaedl:k_max=2")  # equal to ar on one device (test_engine)
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10], [20, 21]]  # batch 4: data=8 replicates it
 MAX_NEW = 12
-STREAMED = "adasd:K=2,k_max=2"
+STREAMED = "adasd:k_max=2"
 
 
 def tiny_pair() -> Pair:
@@ -133,7 +133,7 @@ def main():
     for mesh, (methods, replicate_draft) in PLAN.items():
         on, rules = placement(mesh)
         pair = engine.shard(base, on, replicate_draft=replicate_draft, rules=rules)
-        state, state_shapes = state_specs(pair, "adasd:K=2,k_max=2,per_row=1")
+        state, state_shapes = state_specs(pair, "adasd:k_max=2,per_row=1")
         result["meshes"][mesh] = {
             "replicate_draft": replicate_draft,
             "tokens": run_methods(pair, methods, trace=mesh == BUFFERS),

@@ -17,6 +17,13 @@ HE_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 HE_TEST = "def check(f):\n    assert f(1, 2) == 3\n    assert f(-1, 1) == 0\n"
 
 
+@pytest.fixture(autouse=True)
+def honest_programs_run_where_there_is_no_sandbox(monkeypatch):
+    """These tests run this file's own programs; the sandbox and its refusal are tested in test_sandbox.py."""
+    if execution.sandbox_problem() is not None:
+        monkeypatch.setattr(execution, "require_isolation", lambda unsafe: None)
+
+
 # ---------------------------------------------------------------- GSM8K answers
 
 @pytest.mark.parametrize("text, expected", [
@@ -177,7 +184,7 @@ def test_split_methods_keeps_options_and_expands_presets():
             "adasd:count_declined=0"} <= set(abl) and abl[0] == "ar"
     with pytest.raises(ValueError, match="bad --methods item"):
         runner.split_methods("ar,turbo")
-    with pytest.raises(ValueError, match="bad method option"):
+    with pytest.raises(ValueError, match="unknown method option"):
         runner.split_methods("adasd:speed=9")
 
 
@@ -675,6 +682,7 @@ def test_bench_max_buckets_bounds_the_compiled_programs(tiny_pair, tmp_path):
             "--no-progress", "--no-step-timing", "--out-dir", str(tmp_path / "out")]
     runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "1"]), pair=pair)
     assert len({k[1:3] for k in pair.compiled}) == 1 and pair.max_buckets == 0  # the caller's pair keeps its setting
+    argv.append("--overwrite")  # the same --out-dir again
     runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "0"]), pair=pair)
     assert len({k[1:3] for k in pair.compiled}) == 3  # 0 keeps all: the problems do span three buckets
     with pytest.raises(ValueError, match="--max-buckets must be >= 0"):

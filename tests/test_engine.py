@@ -150,7 +150,7 @@ def test_midpoint_t_g_rule_stops_where_the_mean_would_not(tiny_pair, prompts):
     s = mid.state
     want = (float(s.acc_ent_sum) / int(s.acc_n) + float(s.rej_ent_sum) / int(s.rej_n)) / 2
     np.testing.assert_allclose(mid.metrics["t_g"], want, atol=1e-5)  # float32 means near 0: absolute
-    with pytest.raises(ValueError, match="t_g_rule must be"):
+    with pytest.raises(ValueError, match="t_g_rule=.* is not mean or midpoint"):
         Method.parse("adasd:t_g_rule=median")
 
 
@@ -406,7 +406,7 @@ def test_draft_vocab_subset_is_lossless_and_scores_only_its_tokens(tiny_pair, pr
 
     with pytest.raises(ValueError, match="needs token frequency ranks"):
         adasd_jax.generate(tiny_pair, prompts, method="sd:K=3,draft_vocab=48")
-    with pytest.raises(ValueError, match="draft_vocab is a number of tokens"):
+    with pytest.raises(ValueError, match="draft_vocab=.-1. is not an integer >= 0"):
         Method.parse("sd:draft_vocab=-1")
     V = tiny_pair.vocab
     pair = dataclasses.replace(tiny_pair, token_ranks=np.arange(V)[::-1].copy(), states={}, compiled={})
@@ -437,7 +437,7 @@ def test_draft_vocab_subset_is_lossless_and_scores_only_its_tokens(tiny_pair, pr
 def test_bad_inputs(tiny_pair, prompts):
     with pytest.raises(ValueError, match="unknown method 'medusa'"):
         adasd_jax.generate(tiny_pair, prompts, method="medusa")
-    with pytest.raises(ValueError, match="bad method option"):
+    with pytest.raises(ValueError, match="unknown method option"):
         adasd_jax.generate(tiny_pair, prompts, method="sd:Q=3")
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         adasd_jax.generate(tiny_pair, [[4, 5], []], method="sd")

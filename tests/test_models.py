@@ -172,7 +172,7 @@ def test_orbax_round_trip_is_bit_exact(hf_models, tmp_path):
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-    models.save(tmp_path / "conv", c, params)  # overwriting an existing conversion is atomic too
+    models.save(tmp_path / "conv", c, params, overwrite=True)  # replacing an existing conversion is atomic too
     assert models.load(out, "bfloat16")[0] == c
 
 

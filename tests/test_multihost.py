@@ -53,7 +53,7 @@ def pair_args(hf_pair):
 
 
 def test_generate_across_two_processes_prints_once_and_equals_one_device(pair_args, capsys):
-    args = ["generate", *pair_args, "--json", "--max-new-tokens", "8", "--method", "adasd:K=2,k_max=3",
+    args = ["generate", *pair_args, "--json", "--max-new-tokens", "8", "--method", "adasd:k_max=3",
             "w5 w9 w12", "w30 w31"]
     p0, p1 = launch(lambda i: [*args, *MESH])
     assert p0.returncode == 0 and p1.returncode == 0, p0.stderr[-2000:] + p1.stderr[-2000:]

@@ -20,7 +20,7 @@ import models
 from adasd_jax import cli, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("ar", "sd:K=2", "dynamic:K=2,k_max=2", "adaedl:K=2,k_max=2", "fsd:K=2", "adasd:K=2,k_max=2")
+METHODS = ("ar", "sd:K=2", "dynamic:k_max=2", "adaedl:k_max=2", "fsd:K=2", "adasd:k_max=2")
 
 
 def run_check(tmp_path, *args) -> dict:

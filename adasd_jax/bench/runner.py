@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from adasd_jax import engine, sharding
+from adasd_jax import engine, sharding, validate
 from adasd_jax.bench import datasets, execution, peers, report
-from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, mesh_kwargs
+from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, mesh_kwargs
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
+from models.load import orbax_io
 
 DEFAULT_METHODS = "ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:stop=cost"
 # AdaSD's components apart (docs/algorithm.md): sd:K=16 is adasd with both switches off (K_max = 16).
@@ -100,7 +101,7 @@ def describe(source: str | None, layers: int | None = None) -> dict | None:
 # ---------------------------------------------------------------- scoring
 
 def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict,
-          humaneval_extract: str = "spec") -> tuple[bool | None, dict]:
+          humaneval_extract: str = "spec", unsafe_exec: bool = False) -> tuple[bool | None, dict]:
     """(correct, details): GSM8K exact match, HumanEval pass@1 by execution, MT-bench unscored."""
     if text is None or prob.dataset == "mtbench":
         return None, {}
@@ -109,7 +110,7 @@ def score(prob: datasets.Problem, text: str | None, timeout: float, cache: dict,
     completion = datasets.humaneval_completion(prob.prompt, text, prob.entry_point, humaneval_extract)
     key = (prob.id, completion)
     if key not in cache:
-        cache[key] = execution.passes(prob.prompt, completion, prob.answer, prob.entry_point, timeout)
+        cache[key] = execution.passes(prob.prompt, completion, prob.answer, prob.entry_point, timeout, unsafe_exec)
     passed, result = cache[key]
     return passed, {"completion": completion, "result": result}
 
@@ -179,7 +180,7 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
         temperature: float = 0.0, seed: int = 0, batch_size: int = 1, hf: peers.HFPair | None = None,
         trace: bool = True, progress: bool = True, exec_timeout: float = execution.TIMEOUT_S,
         peer_limit: int = 0, step_samples: list[float] | None = None, humaneval_extract: str = "spec",
-        done: dict | None = None, start: int = 0, checkpoint=None) -> dict:
+        done: dict | None = None, start: int = 0, checkpoint=None, unsafe_exec: bool = False) -> dict:
     """Every method on every problem; the method order rotates per batch of problems. Returns per-method records.
 
     peer_limit > 0 runs the torch peers on the first `peer_limit` problems only (they are 5-10x slower);
@@ -222,7 +223,8 @@ def run(pair: engine.Pair, problems: list[datasets.Problem], methods: list[str],
                     for rec in recs:
                         rec["prefill_s"] = pre
             for prob, rec in zip(chunk, recs):
-                rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache, humaneval_extract)
+                rec["correct"], rec["score"] = score(prob, rec["text"], exec_timeout, exec_cache, humaneval_extract,
+                                                     unsafe_exec)
             records[spec] += recs
             bar.update(1)
             rates = {m: sum(r["new_tokens"] for r in rs) / max(sum(r["run_s"] for r in rs), 1e-9)
@@ -312,7 +314,7 @@ def merge(dirs: list[str | Path], replace: bool = False) -> tuple[dict, dict, di
 
 
 def rescore(d: str | Path, humaneval_extract: str = "spec", timeout: float = execution.TIMEOUT_S,
-            ) -> tuple[dict, dict, dict]:
+            unsafe_exec: bool = False) -> tuple[dict, dict, dict]:
     """(config, summary, records) of a result directory scored again with the current scorer: the same tokens,
     times and ratios; the accuracy (and each record's score) may change."""
     f = Path(d) / "results.json"
@@ -322,12 +324,14 @@ def rescore(d: str | Path, humaneval_extract: str = "spec", timeout: float = exe
     cfg = r["config"]
     if cfg["dataset"] == "mtbench":
         raise ValueError("--rescore: MT-bench results are not scored")
+    if cfg["dataset"] == "humaneval":
+        execution.require_isolation(unsafe_exec)
     problems = {p.id: p for p in datasets.load(cfg["dataset"], cfg.get("data_file"))}
     records, cache = r["records"], {}
     for recs in records.values():
         for rec in recs:
             prob = problems[rec["problem"].split("#s")[0]]  # a --seeds repeat scores as its problem
-            rec["correct"], rec["score"] = score(prob, rec["text"], timeout, cache, humaneval_extract)
+            rec["correct"], rec["score"] = score(prob, rec["text"], timeout, cache, humaneval_extract, unsafe_exec)
     config = {**cfg, "prompt_template": datasets.template(cfg["dataset"], humaneval_extract),
               "humaneval_extract": humaneval_extract, "humaneval_timeout_s": timeout,
               "rescored": {"from": str(d), "argv": sys.argv, "commit": source_commit()}}
@@ -436,6 +440,7 @@ def _parser() -> argparse.ArgumentParser:
                          "rest on N samples per problem (one sampled trajectory varies by about +-10%%)")
     ap.add_argument("--batch-size", type=int, default=1, help="prompts per generate call for JAX methods (hf: 1)")
     ap.add_argument("--out-dir", default="bench-out", help="where results.json, results.md and the PNGs go")
+    add_overwrite_arg(ap, "--out-dir")
     ap.add_argument("--no-trace", action="store_true", help="skip the per-round trace (and its plots)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
@@ -463,6 +468,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="how the torch peers hold GGUF weights: dense in --dtype like the JAX engine (default), "
                          "or transformers' packed quantized kernels")
     ap.add_argument("--exec-timeout", type=float, default=execution.TIMEOUT_S, help="seconds per HumanEval test run")
+    ap.add_argument(execution.UNSAFE_FLAG, action="store_true",
+                    help="run HumanEval's generated code even where it cannot be isolated (no unshare, or user "
+                         "namespaces disabled): it can then read, change and delete your files and use the network. "
+                         "By default it runs in Linux namespaces (no network, read-only files but its temp "
+                         "directory, no process outliving it), and is refused where those are unavailable")
     ap.add_argument("--humaneval-extract", default="spec", choices=datasets.HUMANEVAL_EXTRACT,
                     help="HumanEval completion: the continuation cut at the stop sequences (spec), or also a fenced "
                          "code block taken out and non-compiling trailing lines dropped (fenced, not the spec)")
@@ -547,17 +557,22 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     """Run `adasd bench` from parsed arguments; a loaded pair (and peers) may be passed in to reuse compilations."""
     if a.resume and (a.merge or a.rescore):
         raise ValueError("--resume continues an interrupted run: it does not go with --merge or --rescore")
+    check_out_dir(a)
     if a.merge:
         return write_results(Path(a.out_dir), *merge(a.merge, a.replace), plots=not a.no_plots)
     if a.rescore:
-        return write_results(Path(a.out_dir), *rescore(a.rescore, a.humaneval_extract, a.exec_timeout),
+        return write_results(Path(a.out_dir), *rescore(a.rescore, a.humaneval_extract, a.exec_timeout, a.unsafe_exec),
                              plots=not a.no_plots)
     commit = source_commit()  # the code this run imports: read before a long run, while the checkout may change
     methods = split_methods(a.methods)
     if a.peer_limit < 0:
         raise ValueError(f"--peer-limit must be >= 0, got {a.peer_limit}")
-    if a.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
+    validate.integer("--batch-size", a.batch_size, lo=1)
+    validate.integer("--max-new-tokens", a.max_new_tokens, lo=1)
+    validate.real("--temperature", a.temperature, lo=0, note=" (0 = greedy)")
+    validate.real("--exec-timeout", a.exec_timeout, lo=0, lo_open=True)
+    if a.dataset == "humaneval":
+        execution.require_isolation(a.unsafe_exec)
     if a.max_buckets is not None and a.max_buckets < 0:
         raise ValueError(f"--max-buckets must be >= 0 (0 keeps every bucket), got {a.max_buckets}")
     if a.seeds > 1 and a.temperature == 0:
@@ -617,7 +632,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     records = run(pair, problems, methods, a.max_new_tokens, a.temperature, a.seed, a.batch_size, hf,
                   trace=not a.no_trace, progress=not a.no_progress, exec_timeout=a.exec_timeout,
                   peer_limit=a.peer_limit, step_samples=steps, humaneval_extract=a.humaneval_extract,
-                  done=done, start=start, checkpoint=checkpoint)
+                  done=done, start=start, checkpoint=checkpoint, unsafe_exec=a.unsafe_exec)
     summary = report.summarize(records, methods, greedy=a.temperature == 0, step_samples=steps,
                                batch_size=a.batch_size)
     if jax.process_index() != 0:  # multi-host: process 0 alone writes
@@ -646,15 +661,33 @@ def rank_corpus_texts(files, problems) -> tuple[list[str], int]:
 
 
 def write_results(out: Path, config: dict, summary: dict, records: dict, plots: bool = True) -> dict:
-    """results.json, results.md and the PNGs into `out`; prints the table. Returns what results.json holds."""
-    table = report.markdown(summary, config)
-    report.write_atomic(out / "results.md", table)
-    result = _finite({"config": config, "summary": summary, "records": records})
-    report.write_atomic(out / "results.json", json.dumps(result, indent=1))
-    pngs = report.plots(records, summary, out) if plots else []
+    """results.json, results.md and the PNGs, written into a temp directory that then replaces `out` in one step
+    (check_out_dir refused an `out` holding other files first, unless --overwrite); prints the table. Returns what
+    results.json holds."""
+    out = Path(out).absolute()
+    orbax_io.sweep(out)
+    tmp = orbax_io.temp_sibling(out)
+    try:
+        tmp.mkdir(parents=True)
+        table = report.markdown(summary, config)
+        report.write_atomic(tmp / "results.md", table)
+        result = _finite({"config": config, "summary": summary, "records": records})
+        report.write_atomic(tmp / "results.json", json.dumps(result, indent=1))
+        pngs = [out / p.name for p in report.plots(records, summary, tmp)] if plots else []
+        orbax_io.publish(tmp, out)
+    except BaseException:
+        orbax_io.remove(tmp)
+        raise
     print(table)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in pngs))
     return result
+
+
+def check_out_dir(a) -> None:
+    """Refuse, before anything runs, an --out-dir that is a file, holds files other than an interrupted run's
+    checkpoint (unless --overwrite), or holds an input of this run."""
+    sources = [*(a.merge or []), a.rescore, a.data_file, *(a.rank_corpus or [])]
+    validate.output(a.out_dir, "--out-dir", a.overwrite, sources=sources, may_hold=(PARTIAL,))
 
 
 def main(argv=None) -> int:

@@ -53,7 +53,8 @@ def _reader(path: Path):
     try:
         return GGUFReader(str(path))
     except Exception as e:  # GGUFReader raises ValueError/OSError/... on bad bytes
-        raise CheckpointError(f"cannot read GGUF {path}: {e} (truncated or corrupt file?)") from e
+        raise CheckpointError(f"cannot read GGUF {path}: the file is truncated or corrupt ({e}); download or copy "
+                              "it again") from e
 
 
 def _field(r, key: str, default=None):

@@ -6,10 +6,16 @@ file with its size and sha256, so a cache damaged later is detected (`damage`) a
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,33 +74,116 @@ def _files_damage(path: Path, files: dict[str, list], sha256: Callable[[Path], s
     return None
 
 
-def save(path: Path, c: Config, params, tokenizer=None, source: str | None = None) -> Path:
+def save(path: Path, c: Config, params, tokenizer=None, source: str | None = None, overwrite: bool = False) -> Path:
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not overwrite and (path.is_file() or path.is_symlink() or path.is_dir() and any(path.iterdir())):
+        kind = "a directory that holds files" if path.is_dir() else "an existing file"
+        raise FileExistsError(f"{path} is {kind}: pick a new or empty directory, or replace it with overwrite=True "
+                              "(adasd: --overwrite)")
+    sweep(path)
+    tmp = temp_sibling(path)
     try:
-        tmp.mkdir(parents=True)
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save(tmp / "params", params)
-            ckpt.wait_until_finished()
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        meta = {"format_version": FORMAT_VERSION, "config": c.to_dict(), "source": source,
-                "dtype": str(jax.tree.leaves(params)[0].dtype), "files": manifest(tmp)}
-        (tmp / MARKER).write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with uninterrupted() as interrupted:
+            tmp.mkdir(parents=True)
+            with ocp.StandardCheckpointer() as ckpt:
+                ckpt.save(tmp / "params", params)
+                ckpt.wait_until_finished()
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            meta = {"format_version": FORMAT_VERSION, "config": c.to_dict(), "source": source,
+                    "dtype": str(jax.tree.leaves(params)[0].dtype), "files": manifest(tmp)}
+            (tmp / MARKER).write_text(json.dumps(meta, indent=1))
+            if interrupted:
+                raise KeyboardInterrupt
+            publish(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         raise
     return path
+
+
+# ---------------------------------------------------------------- writing without destroying
+
+_STALE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def temp_sibling(path: Path, kind: str = "tmp") -> Path:
+    """Where a write to `path` happens before it is renamed into place: `.NAME.tmp-PID` beside it."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(path: Path) -> None:
+    """Remove the `.NAME.tmp-PID` / `.NAME.old-PID` entries beside `path` whose process is gone (a killed write)."""
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.iterdir():
+        m = _STALE.match(p.name)
+        if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            remove(p)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Put the finished `tmp` at `path`. What was there is replaced in one step (swapped out, never deleted first),
+    then removed; where the system cannot swap, it is renamed aside for the instant between two renames."""
+    if not os.path.lexists(path):
+        os.replace(tmp, path)
+    elif _exchange(tmp, path):
+        remove(tmp)  # now the old content
+    else:
+        old = temp_sibling(path, "old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        remove(old)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Hold SIGINT and SIGTERM until the block ends (Orbax writes from threads that an interrupt would leave
+    writing into a directory being removed); yields a list that is non-empty once a signal came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    got: list[int] = []
+    held = {s: signal.signal(s, lambda n, _: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
 
 
 def load_config(path: Path) -> tuple[Config, dict]:
