@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text from prompts (arguments, or stdin one per line)")
     g.add_argument("prompts", nargs="*")
     _add_model_args(g)
-    g.add_argument("--method", default=None, help="default: adasd_jax.policies.DEFAULT_METHOD; adasd (the paper's "
-                   "rule), adasd:stop=cost (the cost-aware stop), ar, sd:K=4, dynamic, adaedl, fsd:tau=0.3, or "
-                   "adasd:count_declined=0,stats_on=final,per_row=1")
+    g.add_argument("--method", default=validate.DEFAULT_METHOD, help=f"{validate.DEFAULT_METHOD} (default); adasd "
+                   "(the paper's rule), adasd:stop=cost (the cost-aware stop), ar, sd:K=4, dynamic, adaedl, "
+                   "fsd:tau=0.3, or adasd:count_declined=0,stats_on=final,per_row=1")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-k", type=int, default=0)
@@ -138,7 +138,6 @@ def cmd_generate(a) -> int:
     prompts = a.checked
     pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
                             **mesh_kwargs(a))
-    a.method = a.method or engine.policies.DEFAULT_METHOD
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
               top_p=a.top_p, chat=a.chat, seed=a.seed)
     if a.stream and not a.json:

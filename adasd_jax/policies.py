@@ -11,9 +11,7 @@ import numpy as np
 
 from adasd_jax import validate
 from adasd_jax.state import CostTable, MethodState, ThresholdState
-from adasd_jax.validate import METHODS
-
-DEFAULT_METHOD = "adasd"  # what generate, the CLI and the README run when no method is named
+from adasd_jax.validate import DEFAULT_METHOD, METHODS  # noqa: F401 (DEFAULT_METHOD: part of this module's API)
 
 # Hugging Face assisted generation's heuristic draft length
 DYNAMIC_K0, DYNAMIC_UP, DYNAMIC_DOWN = 5, 2, 1
