@@ -23,6 +23,7 @@ from flax import struct
 QUANTIZATIONS = ("int8",)
 KERNELS = ("w8a8", "w8a16")
 KERNEL: str | None = None  # read when tracing; None: w8a8 on CPU, w8a16 elsewhere
+GROUP = 0  # w8a8: input channels per activation scale (0: one scale per row); read when tracing
 STEP = np.float32(1 / 127)  # scale = max|row| * STEP: a product, so that numpy and XLA round it alike
 
 
@@ -88,28 +89,38 @@ def dequantize(q: QInt8, dtype=jnp.float32) -> jax.Array:
     return (q.values.astype(jnp.float32) * q.scale[:, None]).astype(dtype)
 
 
-def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-row (per-token) dynamic activation quantization of x [m, in] -> (int8 [m, in], float32 scale [m]).
-    A row's scale is its own max|x| / 127: never pooled across rows, so rows stay independent."""
-    xf = x.astype(jnp.float32)
-    amax = jnp.max(jnp.abs(xf), axis=1)
+def quantize_rows(x: jax.Array, group: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Per-row (per-token) dynamic activation quantization of x [m, in] -> (int8 [m, G, in/G], float32 scale [m, G]),
+    one scale per `group` consecutive channels of a row (0: the whole row, G = 1). A scale is max|x| / 127 over its
+    own row's group: never pooled across rows, so rows stay independent."""
+    m, n = x.shape
+    g = group if group and n % group == 0 else n
+    xf = x.astype(jnp.float32).reshape(m, n // g, g)
+    amax = jnp.max(jnp.abs(xf), axis=-1)
     scale = jnp.where(amax > 0, amax * STEP, 1.0)
-    xq = jnp.clip(jnp.round(xf / scale[:, None]), -127, 127).astype(jnp.int8)
+    xq = jnp.clip(jnp.round(xf / scale[..., None]), -127, 127).astype(jnp.int8)
     return xq, scale
 
 
-def matmul_t(w: QInt8, x2: jax.Array, how: str | None = None) -> jax.Array:
-    """`W @ x2^T` as float32 [out, m] for x2 [m, in]; `how` is a kernel name (None: `kernel()`)."""
+def matmul_t(w: QInt8, x2: jax.Array, how: str | None = None, group: int | None = None) -> jax.Array:
+    """`W @ x2^T` as float32 [out, m] for x2 [m, in]; `how` is a kernel name (None: `kernel()`), `group` the w8a8
+    activation group (None: `GROUP`)."""
     how = how or kernel()
-    dims = (((1,), (1,)), ((), ()))
     if how == "w8a8":
-        xq, xs = quantize_rows(x2)
-        m = xq.shape[0]
+        xq, xs = quantize_rows(x2, GROUP if group is None else group)
+        m, G, g = xq.shape
         if m == 1:  # XLA:CPU's one-row int8 dot is 15x slower than its two-row one (int8_matvec.py)
             xq = jnp.concatenate([xq, xq], 0)
-        acc = jax.lax.dot_general(w.values, xq, dims, preferred_element_type=jnp.int32)[:, :m]
-        return acc.astype(jnp.float32) * w.scale[:, None] * xs[None, :]
-    y = jax.lax.dot_general(w.values.astype(x2.dtype), x2, dims, preferred_element_type=jnp.float32)
+        if G == 1:
+            acc = jax.lax.dot_general(w.values, xq[:, 0], (((1,), (1,)), ((), ())),
+                                      preferred_element_type=jnp.int32)[:, :m]
+            y = acc.astype(jnp.float32) * xs[:, 0][None, :]
+        else:  # int32 per group, scaled and summed in float32: [G, out, m]
+            wv = w.values.reshape(w.values.shape[0], G, g)
+            acc = jax.lax.dot_general(wv, xq, (((2,), (2,)), ((1,), (1,))), preferred_element_type=jnp.int32)
+            y = jnp.sum(acc[..., :m].astype(jnp.float32) * xs.T[:, None, :], axis=0)
+        return y * w.scale[:, None]
+    y = jax.lax.dot_general(w.values.astype(x2.dtype), x2, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     return y * w.scale[:, None]
 
 

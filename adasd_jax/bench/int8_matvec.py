@@ -8,6 +8,7 @@ w_gate, w_up, w_down, then the tied head, each applied to its own input rows (on
   w8a8        int8 weights x int8 activations (per-row dynamic scale), int32 accumulation
   w8a16       int8 weights converted to bf16 inside the product, bf16 activations
   w8a16-f32   int8 weights converted to float32, float32 activations
+  w8a8-gN     w8a8 with one activation scale per N input channels of a row (int32 per group, summed in float32)
 Prints per rows the median (and min) ms of each kernel and its ratio to bf16 from one interleaved run.
 """
 from __future__ import annotations
@@ -37,8 +38,10 @@ def step_fn(kernel: str):
         for w, x in zip(ws, xs):
             if kernel == "bf16":
                 y = linear(x, w).astype(jnp.float32)
+            elif kernel.startswith("w8a8"):
+                y = quant.matmul_t(w, x, "w8a8", int(kernel.partition("-g")[2] or 0))
             else:
-                y = quant.matmul_t(w, x, "w8a8" if kernel == "w8a8" else "w8a16")
+                y = quant.matmul_t(w, x, "w8a16")
             total = total + y[0, 0]
         return total
     return jax.jit(run)
@@ -50,6 +53,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", default="1,2,8,16")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-head", action="store_true", help="leave out the 151,936-row head")
+    ap.add_argument("--groups", default="128,32", type=lambda v: [int(g) for g in v.split(",") if g],
+                    help="w8a8-gN: one activation scale per N input channels of a row (comma list)")
+    ap.add_argument("--kernels", default="", help="comma list of the kernels to run (default: all; bf16 first)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     dims = shapes(a.layers, not a.no_head)
@@ -60,7 +66,8 @@ def main(argv=None) -> None:
     gb_bf16 = sum(w.nbytes for w in wb) / 1e9
     gb_int8 = sum(w.nbytes for w in wq) / 1e9
     kernels = {"bf16": (wb, jnp.bfloat16), "w8a8": (wq, jnp.bfloat16), "w8a16": (wq, jnp.bfloat16),
-               "w8a16-f32": (wq, jnp.float32)}
+               "w8a16-f32": (wq, jnp.float32), **{f"w8a8-g{g}": (wq, jnp.bfloat16) for g in a.groups}}
+    kernels = {k: v for k, v in kernels.items() if not a.kernels or k in a.kernels.split(",")}
     print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {a.layers} layers"
           f"{'' if a.no_head else ' + head'}: bf16 {gb_bf16:.2f} GB, int8 {gb_int8:.2f} GB")
     fns = {k: step_fn(k) for k in kernels}
