@@ -145,6 +145,20 @@ def test_sd_with_an_int8_target_emits_what_ar_with_it_emits(prompts, kernel, dra
     assert not np.array_equal(logits_f, logits_q)
 
 
+def test_int8_draft_with_a_vocabulary_subset_keeps_its_head_int8(prompts):
+    """draft_vocab=N gathers the int8 head's N rows as an int8 matrix (never a float copy) and stays lossless."""
+    from adasd_jax import loop
+
+    pair = quantized(make_tiny_pair(), target=False, draft=True)
+    pair = dataclasses.replace(pair, token_ranks=np.arange(pair.vocab)[::-1].copy())
+    ar = adasd_jax.generate(pair, prompts, method="ar", max_new_tokens=MAX_NEW)
+    sub = adasd_jax.generate(pair, prompts, method="sd:K=3,draft_vocab=48", max_new_tokens=MAX_NEW)
+    assert sub.tokens == ar.tokens and sub.metrics["accepted"].sum() > 0
+    lc, _ = engine._setup(pair, prompts, "sd:K=3,draft_vocab=48", MAX_NEW, 0.0, 0, 1.0, False, False)
+    head = loop.with_draft_head(engine._draft_params(pair, lc.method), lc)["vocab_head"]
+    assert isinstance(head, models.QInt8) and head.values.shape == (48, 64) and head.values.dtype == jnp.int8
+
+
 def test_w8a8_verification_logits_equal_one_row_steps():
     """K+1 verified rows give the logits of K+1 one-row decode steps bit for bit in the int8 products (float32
     activations): what makes speculative decoding with an int8 target exact where it is defined."""
