@@ -101,8 +101,8 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     tree matching `param_specs(config)` or a function of the config returning one, when given: each device then
     receives only its own shards); tokenizer is None when asked not to load it or when the source has none.
     `quantize="int8"`: every matrix (projections, embedding, head) becomes int8 with float32 per-output-channel
-    scales, quantized tensor by tensor from float32 as it is read (`config.quantize` then says so); `dtype` is
-    that of the rest and of the activations. An int8 conversion loads as int8 whatever `quantize` says.
+    scales (`config.quantize` then says so), after smoothing calibrated on a short built-in text (models/smooth.py);
+    `dtype` is that of the rest and of the activations. An int8 conversion loads as int8 whatever `quantize` says.
     An `adasd convert` directory is checked against the sha256 of every file first (`sha256`: the hasher).
     """
     from models.load import gguf, hub, orbax_io, safetensors
@@ -119,15 +119,15 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
         nd = _numpy_dtype(d if d is not None else jnp.dtype(jnp.float32))
         if kind == "orbax":  # a floating-point conversion asked for int8: quantized on the host, then placed
             c, restored = orbax_io.load(path, None, None, sha256)
-            c, np_params = quantize_params(jax.tree.map(np.asarray, restored), c, nd)
+            np_params = jax.tree.map(np.asarray, restored)
             del restored
         elif kind == "gguf":
-            c, np_params = gguf.load(path, nd, progress, quantize=bool(q))
+            c, np_params = gguf.load(path, nd, progress)
         else:  # sharded: memory-mapped, so that each shard is read from disk and cast alone
-            c, np_params = safetensors.load(path, None if shardings is not None and not q else nd, quantize=bool(q))
+            c, np_params = safetensors.load(path, None if shardings is not None and not q else nd)
             c = _merge_generation_eos(c, path)
         if q:
-            c = dataclasses.replace(c, quantize=q)
+            c, np_params = _quantized(c, np_params, nd, _tokenizer(path, kind))
         check_params(np_params, c)
         if callable(shardings):
             shardings = shardings(c)
@@ -137,12 +137,22 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
             params = jax.tree.map(lambda spec, a, s: jax.make_array_from_callback(
                 a.shape, s, lambda idx: np.asarray(a[idx], spec.dtype or nd)), param_specs(c), np_params, shardings,
                 is_leaf=is_spec)
-    tok = None
-    if tokenizer:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tok = load_tokenizer(path, kind)
-    return c, params, tok
+    return c, params, _tokenizer(path, kind) if tokenizer else None
+
+
+def _tokenizer(path: Path, kind: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_tokenizer(path, kind)
+
+
+def _quantized(c: Config, np_params, dtype, tok):
+    """int8 matrices after SmoothQuant smoothing calibrated on models/data/calibration.txt (models/smooth.py); the
+    rest cast to `dtype`."""
+    from models import smooth
+
+    maxima = smooth.activation_maxima(np_params, c, smooth.calibration_tokens(tok, c.vocab_size))
+    return quantize_params(smooth.smooth(np_params, c, maxima), c, dtype)
 
 
 def check_layers_kept(n: int, total: int, label: str) -> None:

@@ -159,12 +159,17 @@ def padded_rows(m: int, itemsize: int) -> int:
     return 2 * tile if tile and tile < m < 2 * tile else m
 
 
+RECORD: list | None = None  # calibration (models/smooth.py): each product appends its inputs' per-channel max|x|
+
+
 def linear(x: jax.Array, w: jax.Array | QInt8) -> jax.Array:
     """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation, rows padded by `padded_rows`; an int8 w
     runs `quant.matmul_t` (the backend's int8 kernel)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     m = x2.shape[0]
+    if RECORD is not None:
+        RECORD.append(jnp.max(jnp.abs(x2.astype(jnp.float32)), axis=0))
     if isinstance(w, QInt8):
         y = quant.matmul_t(w, x2)
         if m > 1:

@@ -32,11 +32,9 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing tensors, truncated or inconsistent with its config."""
 
 
-def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], dtype, progress: bool = False,
-                 quantize: bool = False) -> dict:
+def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], dtype, progress: bool = False) -> dict:
     """Build our tree from HF-named tensors. `get(name)` returns a numpy array in HF's layout; `dtype` None keeps
-    each as `get` returns it (a memory map stays one). `quantize`: each matrix becomes int8 + per-output-channel
-    scales as it is read, from float32 (`c` is then the unquantized config)."""
+    each as `get` returns it (a memory map stays one)."""
     from models.transformer import param_specs  # local: transformer imports nothing from load
 
     def fetch(name: str) -> np.ndarray:
@@ -46,13 +44,7 @@ def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], d
 
     from tqdm import tqdm
 
-    plain = (lambda a: a) if dtype is None else (lambda a: np.array(a, dtype))  # a copy in memory, never a map
-    if quantize:
-        from models.quant import quantize_np
-
-        cast = lambda a: quantize_np(a) if np.ndim(a) == 2 else plain(a)
-    else:
-        cast = plain
+    cast = (lambda a: a) if dtype is None else (lambda a: np.array(a, dtype))  # a copy in memory, never a map
     specs = param_specs(c)
     layers = [{ours: cast(fetch(f"model.layers.{i}.{_LAYER[ours]}")) for ours in specs["layers"][i]}
               for i in tqdm(range(c.num_layers), desc="convert layers", unit="layer", disable=not progress)]

@@ -91,7 +91,7 @@ def config_from_reader(r, path: Path) -> Config:
     )
 
 
-def load(path: Path, dtype, progress: bool = False, quantize: bool = False) -> tuple[Config, dict]:
+def load(path: Path, dtype, progress: bool = False) -> tuple[Config, dict]:
     from gguf.quants import dequantize
 
     r = _reader(path)
@@ -108,4 +108,4 @@ def load(path: Path, dtype, progress: bool = False, quantize: bool = False) -> t
             w = unpermute(w, c.num_kv_heads)
         return w
 
-    return c, hf_to_params(c, get, set(tensors), dtype, progress, quantize)
+    return c, hf_to_params(c, get, set(tensors), dtype, progress)

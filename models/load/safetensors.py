@@ -63,9 +63,9 @@ def load_config(directory: Path) -> Config:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
 
 
-def load(directory: Path, dtype, quantize: bool = False) -> tuple[Config, dict]:
+def load(directory: Path, dtype) -> tuple[Config, dict]:
     """(config, tree of numpy arrays in `dtype`); dtype None: float tensors stay memory-mapped as stored, so that a
-    sharded load reads and casts only each device's slice. `quantize`: matrices int8 (see `hf_to_params`)."""
+    sharded load reads and casts only each device's slice."""
     c = load_config(directory)
     where = _index(directory)
     headers, handles = {}, {}
@@ -86,4 +86,4 @@ def load(directory: Path, dtype, quantize: bool = False) -> tuple[Config, dict]:
         except Exception as e:
             raise CheckpointError(f"cannot read tensor {name!r} from {path}: {e} (truncated or corrupt file?)") from e
 
-    return c, hf_to_params(c, get, set(where), dtype, quantize=quantize)
+    return c, hf_to_params(c, get, set(where), dtype)
