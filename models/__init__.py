@@ -19,6 +19,7 @@ import numpy as np
 from models.config import SUPPORTED_MODEL_TYPES, Config, ConfigError
 from models.kv_cache import KVCache, cache_axes, init_cache
 from models.load.convert import CheckpointError
+from models import quant
 from models.quant import QInt8, parse_quantize
 from models.transformer import (ParamSpec, activation_dtype, check_params, embed_lookup, forward, init_params,
                                 is_spec, param_axes, param_specs, quantize_params, take_rows)
@@ -152,7 +153,11 @@ def _quantized(c: Config, np_params, dtype, tok):
     from models import smooth
 
     maxima = smooth.activation_maxima(np_params, c, smooth.calibration_tokens(tok, c.vocab_size))
-    return quantize_params(smooth.smooth(np_params, c, maxima), c, dtype)
+    layers = list(np_params["layers"])
+    for i, m in enumerate(maxima):  # layer by layer: never a float32 copy of the whole model
+        one = smooth.smooth_layer(layers[i], m, c)
+        layers[i] = {k: quant.quantize_np(v) if v.ndim == 2 else np.asarray(v, dtype) for k, v in one.items()}
+    return quantize_params(dict(np_params, layers=layers), c, dtype)  # the embedding and head; the rest as is
 
 
 def check_layers_kept(n: int, total: int, label: str) -> None:

@@ -56,30 +56,32 @@ def _factors(a: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
     return (a ** alpha / w ** (1 - alpha)).astype(np.float32)
 
 
+def smooth_layer(lp: dict, m: list[np.ndarray], c: Config, alpha: float = ALPHA) -> dict:
+    """One layer's parameters (host numpy) smoothed as the module docstring says; the products in float32, the
+    rest in their own dtype. `m`: this layer's `activation_maxima`."""
+    f = {k: np.asarray(v, np.float32) for k, v in lp.items()}
+    a = dict(zip(PRODUCTS, m))
+    colmax = lambda *names: np.max([np.abs(f[k]).max(axis=0) for k in names], axis=0)
+    s = _factors(a["wq"], colmax("wq", "wk", "wv"), alpha)
+    f["attn_norm"] = f["attn_norm"] / s
+    for k in ("wq", "wk", "wv"):
+        f[k] = f[k] * s[None, :]
+    s = _factors(a["w_gate"], colmax("w_gate", "w_up"), alpha)
+    f["mlp_norm"] = f["mlp_norm"] / s
+    f["w_gate"], f["w_up"] = f["w_gate"] * s[None, :], f["w_up"] * s[None, :]
+    s = _factors(a["w_down"], colmax("w_down"), alpha)
+    f["w_up"], f["w_down"] = f["w_up"] / s[:, None], f["w_down"] * s[None, :]
+    # wo's input channel (head h, dim d) is v's channel (h // G, d): one factor per KV channel
+    G, hd = c.num_heads // c.num_kv_heads, c.head_dim
+    grouped = lambda x: x.reshape(c.num_kv_heads, G, hd).max(axis=1)
+    s = _factors(grouped(a["wo"]), grouped(np.abs(f["wo"]).max(axis=0)), alpha)  # [K, hd]
+    f["wv"] = f["wv"] / s.reshape(-1)[:, None]
+    if "bv" in f:
+        f["bv"] = f["bv"] / s.reshape(-1)
+    f["wo"] = f["wo"] * np.repeat(s[:, None, :], G, axis=1).reshape(-1)[None, :]
+    return {k: v if k in PRODUCTS else v.astype(np.asarray(lp[k]).dtype) for k, v in f.items()}
+
+
 def smooth(params, c: Config, maxima: list[list[np.ndarray]], alpha: float = ALPHA):
-    """The float parameters (host numpy) with each layer's products smoothed as the module docstring says."""
-    layers = []
-    G = c.num_heads // c.num_kv_heads
-    for lp, m in zip(params["layers"], maxima):
-        f = {k: np.asarray(v, np.float32) for k, v in lp.items()}
-        a = dict(zip(PRODUCTS, m))
-        colmax = lambda *names: np.max([np.abs(f[k]).max(axis=0) for k in names], axis=0)
-        s = _factors(a["wq"], colmax("wq", "wk", "wv"), alpha)
-        f["attn_norm"] = f["attn_norm"] / s
-        for k in ("wq", "wk", "wv"):
-            f[k] = f[k] * s[None, :]
-        s = _factors(a["w_gate"], colmax("w_gate", "w_up"), alpha)
-        f["mlp_norm"] = f["mlp_norm"] / s
-        f["w_gate"], f["w_up"] = f["w_gate"] * s[None, :], f["w_up"] * s[None, :]
-        s = _factors(a["w_down"], colmax("w_down"), alpha)
-        f["w_up"], f["w_down"] = f["w_up"] / s[:, None], f["w_down"] * s[None, :]
-        # wo's input channel (head h, dim d) is v's channel (h // G, d): one factor per KV channel
-        hd = c.head_dim
-        grouped = lambda x: x.reshape(c.num_kv_heads, G, hd).max(axis=1)
-        s = _factors(grouped(a["wo"]), grouped(np.abs(f["wo"]).max(axis=0)), alpha)  # [K, hd]
-        f["wv"] = f["wv"] / s.reshape(-1)[:, None]
-        if "bv" in f:
-            f["bv"] = f["bv"] / s.reshape(-1)
-        f["wo"] = f["wo"] * np.repeat(s[:, None, :], G, axis=1).reshape(-1)[None, :]
-        layers.append({k: v.astype(np.asarray(lp[k]).dtype) if k not in PRODUCTS else v for k, v in f.items()})
-    return dict(params, layers=layers)
+    """The float parameters (host numpy) with every layer smoothed (`smooth_layer`)."""
+    return dict(params, layers=[smooth_layer(lp, m, c, alpha) for lp, m in zip(params["layers"], maxima)])
