@@ -121,6 +121,7 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
         if kind == "orbax":  # a floating-point conversion asked for int8: quantized on the host, then placed
             c, restored = orbax_io.load(path, None, None, sha256)
             np_params = jax.tree.map(np.asarray, restored)
+            nd = nd if d is not None else np_params["final_norm"].dtype  # dtype None: as stored
             del restored
         elif kind == "gguf":
             c, np_params = gguf.load(path, nd, progress)

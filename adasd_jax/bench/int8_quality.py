@@ -42,7 +42,8 @@ def texts(gsm8k_file: str) -> dict[str, list[str]]:
 
 
 def logits_fn(c: models.Config, chunk: int):
-    return jax.jit(lambda p, t: models.forward(p, c, t, models.init_cache(c, 1, chunk, models.activation_dtype(p)))[0][0])
+    cache = lambda p: models.init_cache(c, 1, chunk, models.activation_dtype(p))
+    return jax.jit(lambda p, t: models.forward(p, c, t, cache(p))[0][0])
 
 
 def main(argv=None) -> None:
@@ -73,8 +74,8 @@ def main(argv=None) -> None:
                 kl.append(np.asarray(jnp.sum(jnp.exp(lp) * (lp - lq), -1)))
                 agree.append(ref.argmax(-1) == got.argmax(-1))
             kl, agree = np.concatenate(kl), np.concatenate(agree)
-            print(f"{kernel:6s} {name:10s} positions {kl.size:5d}  KL mean {kl.mean():.4f}  p99 {np.quantile(kl, 0.99):.4f}"
-                  f"  top-1 agreement {agree.mean():.4f}", flush=True)
+            print(f"{kernel:6s} {name:10s} positions {kl.size:5d}  KL mean {kl.mean():.4f}  "
+                  f"p99 {np.quantile(kl, 0.99):.4f}  top-1 agreement {agree.mean():.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from adasd_jax.bench import datasets
 from adasd_jax.bench.runner import target_step_timer
 
 RUNS = (("bf16", "ar"), ("int8", "ar"), ("bf16", "adasd"), ("int8", "adasd"), ("int8-draft", "adasd"),
-        ("int8-draft", "sd:K=4"), ("bf16", "sd:K=4"))
+        ("int8-draft", "sd:K=4"))
 
 
 def pairs(a) -> dict[str, engine.Pair]:
