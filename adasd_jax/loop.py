@@ -65,14 +65,14 @@ class LoopConfig:
 def prefill(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: MethodState, key) -> LoopState:
     """Run the prompts through both models; the target's next token is the first emitted token."""
     B = prompts.shape[0]
-    dtype_t = jax.tree.leaves(pt)[0].dtype
+    dtype_t = models.activation_dtype(pt)
     tcache = models.init_cache(lc.target, B, max_len, dtype_t)
     logits, tcache = models.forward(pt, lc.target, prompts, tcache, lengths, lengths - 1)
     logits = logits[:, 0, :lc.vocab]
     key, k0 = jax.random.split(key)
     y0 = choose(k0, logits, lc.sampling)
     if lc.method.uses_draft:
-        dcache = models.init_cache(lc.draft, B, max_len, jax.tree.leaves(pd)[0].dtype)
+        dcache = models.init_cache(lc.draft, B, max_len, models.activation_dtype(pd))
         _, dcache = draft_forward(pd, lc, prompts, dcache, lengths, lengths - 1)
     else:
         dcache = models.KVCache(k=jnp.zeros((0,)), v=jnp.zeros((0,)), lengths=jnp.zeros((B,), jnp.int32))
@@ -108,7 +108,7 @@ def with_draft_head(pd, lc: LoopConfig):
     if not lc.method.draft_vocab or pd is None:
         return pd
     head = pd["embed"] if lc.draft.tie_word_embeddings else pd["lm_head"]
-    return {**pd, "vocab_head": models.embed_lookup(head, pd["vocab_ids"])}
+    return {**pd, "vocab_head": models.take_rows(head, pd["vocab_ids"])}
 
 
 def draft_forward(pd, lc: LoopConfig, tokens, cache, num_new, logits_index=None):

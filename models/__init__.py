@@ -1,11 +1,12 @@
 """What a transformer is and how its weights arrive.
 
-    config, params, tokenizer = models.load("path/or/hub-id/or/file.gguf", dtype="bfloat16")
-    cache = models.init_cache(config, batch=1, max_len=256, dtype=params["embed"].dtype)
+    config, params, tokenizer = models.load("path/or/hub-id/or/file.gguf", dtype="bfloat16")  # quantize="int8"
+    cache = models.init_cache(config, batch=1, max_len=256, dtype=models.activation_dtype(params))
     logits, cache = models.forward(params, config, tokens, cache)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -18,11 +19,15 @@ import numpy as np
 from models.config import SUPPORTED_MODEL_TYPES, Config, ConfigError
 from models.kv_cache import KVCache, cache_axes, init_cache
 from models.load.convert import CheckpointError
-from models.transformer import ParamSpec, check_params, embed_lookup, forward, init_params, param_axes, param_specs
+from models import quant
+from models.quant import QInt8, parse_quantize
+from models.transformer import (ParamSpec, activation_dtype, check_params, embed_lookup, forward, init_params,
+                                is_spec, param_axes, param_specs, quantize_params, take_rows)
 
-__all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
-           "check_layers_kept", "check_params", "embed_lookup", "first_layers", "forward", "init_cache", "init_params",
-           "load", "load_tokenizer", "param_axes", "param_specs", "parse_dtype", "save", "source_kind"]
+__all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "QInt8", "SUPPORTED_MODEL_TYPES",
+           "activation_dtype", "cache_axes", "check_layers_kept", "check_params", "embed_lookup", "first_layers",
+           "forward", "init_cache", "init_params", "is_spec", "load", "load_tokenizer", "param_axes", "param_specs",
+           "parse_dtype", "parse_quantize", "quantize_params", "save", "source_kind", "take_rows"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -83,8 +88,6 @@ def load_tokenizer(source: str | Path, kind: str | None = None):
 
 def _merge_generation_eos(c: Config, directory: Path) -> Config:
     """Instruct models list their stop tokens in generation_config.json; honour them all."""
-    import dataclasses
-
     gen = directory / "generation_config.json"
     if not gen.is_file():
         return c
@@ -94,44 +97,70 @@ def _merge_generation_eos(c: Config, directory: Path) -> Config:
 
 
 def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=None, progress: bool = False,
-         sha256=None):
+         sha256=None, quantize: str | None = None):
     """Load a model from a GGUF file, a Hugging Face directory or hub id, or an `adasd convert` directory.
 
     Returns (config, params, tokenizer); params are jax arrays of `dtype` (None: as stored; placed with `shardings`, a
     tree matching `param_specs(config)` or a function of the config returning one, when given: each device then
     receives only its own shards); tokenizer is None when asked not to load it or when the source has none.
+    `quantize="int8"`: every matrix (projections, embedding, head) becomes int8 with float32 per-output-channel
+    scales (`config.quantize` then says so), after smoothing calibrated on a short built-in text (models/smooth.py);
+    `dtype` is that of the rest and of the activations. An int8 conversion loads as int8 whatever `quantize` says.
     An `adasd convert` directory is checked against the sha256 of every file first (`sha256`: the hasher).
     """
     from models.load import gguf, hub, orbax_io, safetensors
 
     d = None if dtype is None else parse_dtype(dtype)  # None: as stored (Orbax), else float32
+    q = parse_quantize(quantize)
     kind = source_kind(source)
     path = Path(source).expanduser()
     if kind == "hub":
         path, kind = hub.download(str(source)), "hf"
-    if kind == "orbax":
+    if kind == "orbax" and not (q and not orbax_io.load_config(path)[0].quantize):
         c, params = orbax_io.load(path, d, shardings, sha256)
     else:
         nd = _numpy_dtype(d if d is not None else jnp.dtype(jnp.float32))
-        if kind == "gguf":
+        if kind == "orbax":  # a floating-point conversion asked for int8: quantized on the host, then placed
+            c, restored = orbax_io.load(path, None, None, sha256)
+            np_params = jax.tree.map(np.asarray, restored)
+            nd = nd if d is not None else np_params["final_norm"].dtype  # dtype None: as stored
+            del restored
+        elif kind == "gguf":
             c, np_params = gguf.load(path, nd, progress)
         else:  # sharded: memory-mapped, so that each shard is read from disk and cast alone
-            c, np_params = safetensors.load(path, None if shardings is not None else nd)
+            c, np_params = safetensors.load(path, None if shardings is not None and not q else nd)
             c = _merge_generation_eos(c, path)
+        if q:
+            c, np_params = _quantized(c, np_params, nd, _tokenizer(path, kind))
         check_params(np_params, c)
         if callable(shardings):
             shardings = shardings(c)
         if shardings is None:
             params = jax.tree.map(jnp.asarray, np_params)
-        else:
-            params = jax.tree.map(lambda a, s: jax.make_array_from_callback(
-                a.shape, s, lambda idx: np.asarray(a[idx], nd)), np_params, shardings)
-    tok = None
-    if tokenizer:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tok = load_tokenizer(path, kind)
-    return c, params, tok
+        else:  # a spec's own dtype (int8 values, float32 scales), else `dtype`
+            params = jax.tree.map(lambda spec, a, s: jax.make_array_from_callback(
+                a.shape, s, lambda idx: np.asarray(a[idx], spec.dtype or nd)), param_specs(c), np_params, shardings,
+                is_leaf=is_spec)
+    return c, params, _tokenizer(path, kind) if tokenizer else None
+
+
+def _tokenizer(path: Path, kind: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_tokenizer(path, kind)
+
+
+def _quantized(c: Config, np_params, dtype, tok):
+    """int8 matrices after SmoothQuant smoothing calibrated on models/data/calibration.txt (models/smooth.py); the
+    rest cast to `dtype`."""
+    from models import smooth
+
+    maxima = smooth.activation_maxima(np_params, c, smooth.calibration_tokens(tok, c.vocab_size))
+    layers = list(np_params["layers"])
+    for i, m in enumerate(maxima):  # layer by layer: never a float32 copy of the whole model
+        one = smooth.smooth_layer(layers[i], m, c)
+        layers[i] = {k: quant.quantize_np(v) if v.ndim == 2 else np.asarray(v, dtype) for k, v in one.items()}
+    return quantize_params(dict(np_params, layers=layers), c, dtype)  # the embedding and head; the rest as is
 
 
 def check_layers_kept(n: int, total: int, label: str) -> None:
@@ -142,8 +171,6 @@ def check_layers_kept(n: int, total: int, label: str) -> None:
 
 def first_layers(config: Config, params, n: int, label: str | None = None):
     """A self-speculative draft: the embedding, the first n layers, the final norm and the head."""
-    import dataclasses
-
     check_layers_kept(n, config.num_layers, label or f"layers:{n}")
     sub = dict(params, layers=list(params["layers"][:n]))
     return dataclasses.replace(config, num_layers=n), sub

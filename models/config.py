@@ -36,15 +36,21 @@ class Config:
     max_position_embeddings: int = 32768
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    quantize: str | None = None  # "int8": matrices stored as int8 + per-output-channel scales (models/quant.py)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}")
+        if self.quantize not in (None, "int8"):
+            raise ConfigError(f"unknown quantize={self.quantize!r}; supported: int8 or none")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["quantize"] is None:  # floating-point conversions keep the marker older versions read
+            del d["quantize"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":

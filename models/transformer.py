@@ -18,19 +18,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import quant
 from models.config import Config
 from models.kv_cache import KVCache
+from models.quant import QInt8
 
 Params = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-    """Abstract description of one parameter: shape and logical axes (one name per dimension)."""
+    """Abstract description of one parameter: shape, logical axes (one name per dimension) and storage dtype."""
 
     shape: tuple[int, ...]
     axes: tuple[str, ...]
     init: str = "normal"  # normal | ones
+    dtype: str | None = None  # None: the model's floating dtype; "int8" / "float32": a quantized matrix's parts
+
+
+def is_spec(x) -> bool:
+    return isinstance(x, ParamSpec)
+
+
+def _quantized_spec(s: ParamSpec) -> ParamSpec | QInt8:
+    """A matrix [out, in] -> int8 values of its shape and axes + float32 scales [out] on its output axis."""
+    if len(s.shape) != 2:
+        return s
+    return QInt8(values=ParamSpec(s.shape, s.axes, dtype="int8"),
+                 scale=ParamSpec(s.shape[:1], s.axes[:1], "ones", dtype="float32"))
 
 
 def layer_specs(c: Config) -> Params:
@@ -62,17 +77,47 @@ def param_specs(c: Config) -> Params:
              "final_norm": ParamSpec((c.hidden_size,), ("embed",), "ones")}
     if not c.tie_word_embeddings:
         specs["lm_head"] = ParamSpec((c.vocab_size, c.hidden_size), ("vocab", "embed"))
+    if c.quantize:
+        specs = jax.tree.map(_quantized_spec, specs, is_leaf=is_spec)
     return specs
 
 
 def param_axes(c: Config) -> Params:
-    return jax.tree.map(lambda s: s.axes, param_specs(c), is_leaf=lambda x: isinstance(x, ParamSpec))
+    return jax.tree.map(lambda s: s.axes, param_specs(c), is_leaf=is_spec)
+
+
+def activation_dtype(params: Params) -> jnp.dtype:
+    """The dtype activations and KV caches run in: the model's floating dtype (its final norm's), also when its
+    matrices are int8."""
+    return params["final_norm"].dtype
+
+
+def quantize_params(params: Params, c: Config, dtype=None) -> tuple[Config, Params]:
+    """(config, params) with every matrix int8 + per-output-channel scales (host numpy in, numpy out; jax arrays in,
+    jax arrays out); the other parameters cast to `dtype` (None: kept). Already quantized matrices stay as they are."""
+    import dataclasses
+
+    qc = dataclasses.replace(c, quantize="int8")
+    host = isinstance(jax.tree.leaves(params)[0], np.ndarray)
+
+    def one(spec, a):
+        if isinstance(spec, QInt8):
+            return a if isinstance(a, QInt8) else (quant.quantize_np(a) if host else quant.quantize(a))
+        return a if dtype is None else (np.asarray(a, dtype) if host else jnp.asarray(a, dtype))
+
+    return qc, jax.tree.map(one, param_specs(qc), params, is_leaf=lambda x: is_spec(x) or isinstance(x, QInt8))
 
 
 def init_params(c: Config, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Params:
-    """Random parameters of the real shapes (tests, roofline timing)."""
+    """Random parameters of the real shapes (tests, roofline timing); a quantized config's matrices are drawn in
+    float32 and quantized."""
+    if c.quantize:
+        import dataclasses
+
+        return quantize_params(init_params(dataclasses.replace(c, quantize=None), key, jnp.float32, scale), c,
+                               dtype)[1]
     specs = param_specs(c)
-    leaves, tree = jax.tree.flatten(specs, is_leaf=lambda x: isinstance(x, ParamSpec))
+    leaves, tree = jax.tree.flatten(specs, is_leaf=is_spec)
     keys = jax.random.split(key, len(leaves))
 
     def make(s: ParamSpec, k):
@@ -114,11 +159,22 @@ def padded_rows(m: int, itemsize: int) -> int:
     return 2 * tile if tile and tile < m < 2 * tile else m
 
 
-def linear(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation, rows padded by `padded_rows`."""
+RECORD: list | None = None  # calibration (models/smooth.py): each product appends its inputs' per-channel max|x|
+
+
+def linear(x: jax.Array, w: jax.Array | QInt8) -> jax.Array:
+    """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation, rows padded by `padded_rows`; an int8 w
+    runs `quant.matmul_t` (the backend's int8 kernel)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     m = x2.shape[0]
+    if RECORD is not None:
+        RECORD.append(jnp.max(jnp.abs(x2.astype(jnp.float32)), axis=0))
+    if isinstance(w, QInt8):
+        y = quant.matmul_t(w, x2)
+        if m > 1:
+            y = jax.lax.optimization_barrier(y)
+        return y.T.astype(x.dtype).reshape(*lead, w.shape[0])
     rows = padded_rows(m, x.dtype.itemsize)
     if rows > m:
         x2 = jnp.concatenate([x2, jnp.broadcast_to(x2[-1:], (rows - m, x2.shape[1]))], 0)
@@ -128,13 +184,21 @@ def linear(x: jax.Array, w: jax.Array) -> jax.Array:
     return y[:, :m].T.astype(x.dtype).reshape(*lead, w.shape[0])
 
 
-def embed_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
+def embed_lookup(table: jax.Array | QInt8, tokens: jax.Array, dtype=None) -> jax.Array:
     """table[tokens]. A 16-bit table is gathered through its integer view: XLA:CPU otherwise gathers
-    from an f32 copy of the whole table, which a while loop hoists and keeps (0.5-0.9 GB per call)."""
+    from an f32 copy of the whole table, which a while loop hoists and keeps (0.5-0.9 GB per call). An int8
+    table's rows are gathered, then scaled into `dtype` (default float32)."""
+    if isinstance(table, QInt8):
+        return quant.gather(table, tokens, dtype or jnp.float32)
     if table.dtype.itemsize != 2:
         return table[tokens]
     bits = jax.lax.bitcast_convert_type(table, jnp.uint16)
     return jax.lax.bitcast_convert_type(bits[tokens], table.dtype)
+
+
+def take_rows(w: jax.Array | QInt8, ids: jax.Array) -> jax.Array | QInt8:
+    """The matrix of w's rows `ids` (a draft's vocabulary subset of its head), int8 when w is."""
+    return quant.take_rows(w, ids) if isinstance(w, QInt8) else embed_lookup(w, ids)
 
 
 def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
@@ -187,7 +251,7 @@ def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
     if T > cache.max_len:
         raise ValueError(f"{T} new tokens are longer than the cache ({cache.max_len} positions): "
                          "allocate a larger cache (max_len) or shorten the prompt")
-    dtype = params["embed"].dtype
+    dtype = activation_dtype(params)
     pos = cache.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B,T]
     freqs = pos[..., None].astype(jnp.float32) * jnp.asarray(c.inv_freq())  # [B,T,hd/2]
     angles = jnp.concatenate([freqs, freqs], axis=-1)
@@ -198,7 +262,7 @@ def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
             raise ValueError(f"segments {segments.shape} need tokens [B,T] = {(B, T)} and a fresh cache of T "
                              f"positions (this cache has {cache.max_len})")
         mask = mask & (segments[:, :, None] == segments[:, None, :])
-    x = embed_lookup(params["embed"], tokens)
+    x = embed_lookup(params["embed"], tokens, dtype)
     ks, vs = [], []
     for i, lp in enumerate(params["layers"]):
         x, k_i, v_i = _layer(c, x, lp, cache.k[i], cache.v[i], pos, cos, sin, mask)
@@ -215,13 +279,15 @@ def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
 
 
 def cast_params(params: Params, dtype) -> Params:
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    """Floating parameters cast to `dtype`; int8 matrices (values and scales) stay as they are."""
+    return jax.tree.map(lambda a: a if isinstance(a, QInt8) else jnp.asarray(a, dtype), params,
+                        is_leaf=lambda x: isinstance(x, QInt8))
 
 
 def check_params(params: Params, c: Config) -> None:
     """Shapes must be exactly those the config describes (a loader bug or a truncated file otherwise)."""
     specs = param_specs(c)
-    flat_s = dict(jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, ParamSpec))[0])
+    flat_s = dict(jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0])
     flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
     missing = set(map(jax.tree_util.keystr, flat_s)) - set(map(jax.tree_util.keystr, flat_p))
     extra = set(map(jax.tree_util.keystr, flat_p)) - set(map(jax.tree_util.keystr, flat_s))
@@ -231,3 +297,6 @@ def check_params(params: Params, c: Config) -> None:
         got = tuple(np.shape(flat_p[path]))
         if got != spec.shape:
             raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {got}, config expects {spec.shape}")
+        if spec.dtype is not None and np.dtype(flat_p[path].dtype) != np.dtype(spec.dtype):
+            raise ValueError(f"parameter {jax.tree_util.keystr(path)} is {flat_p[path].dtype}, config expects "
+                             f"{spec.dtype}")

@@ -30,7 +30,8 @@ import numpy as np
 import models
 from adasd_jax import engine, sharding, validate
 from adasd_jax.bench import datasets, execution, peers, report
-from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, mesh_kwargs
+from adasd_jax.cli import (add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, add_quantize_args, mesh_kwargs,
+                           quantize_kwargs)
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
 from models.load import orbax_io
@@ -124,7 +125,7 @@ def target_step_timer(pair: engine.Pair, position: int = 256):
     conditions as the methods, and reports the median.
     """
     c, p = pair.target.config, pair.target.params
-    cache = models.init_cache(c, 1, position + 128, jax.tree.leaves(p)[0].dtype).with_lengths(jnp.asarray([position]))
+    cache = models.init_cache(c, 1, position + 128, models.activation_dtype(p)).with_lengths(jnp.asarray([position]))
     step = jax.jit(models.forward, static_argnums=1)
     tok = jnp.asarray([[1]], jnp.int32)
     jax.block_until_ready(step(p, c, tok, cache))
@@ -394,7 +395,7 @@ def configuration(a, pair, hf, problems, methods, data_file, commit: str | None)
            "method_settings": {m: repr(Method.parse(m)) for m in methods if m not in peers.PEERS},
            "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "seed": a.seed,
            "seeds": a.seeds,
-           "batch_size": a.batch_size, "peer_limit": a.peer_limit or None, "dtype": a.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
+           "batch_size": a.batch_size, "peer_limit": a.peer_limit or None, "dtype": a.dtype, **quantize_kwargs(a), "device": str(jax.devices()[0]), "jax": jax.__version__,
            "machine": platform.platform(), "cpu": cpu_description(), "cpu_count": os.cpu_count(),
            "trace": not a.no_trace,
            "threshold_state": "carried over the whole run per method (the engine's default)",
@@ -422,6 +423,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--target", help="target model (default: the built-in pair's 1.5B)")
     ap.add_argument("--dtype", default="bfloat16")
     add_draft_layers_arg(ap)
+    add_quantize_args(ap)
     ap.add_argument("--dataset", default="gsm8k", choices=datasets.DATASETS)
     ap.add_argument("--data-file", help="gsm8k: GSM8K-format jsonl (default: the hub's, see --split); "
                                         "humaneval: HumanEval-format jsonl(.gz); "
@@ -596,7 +598,7 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
     if pair is None:
         t = time.perf_counter()
         pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
-                                **mesh_kwargs(a))
+                                **quantize_kwargs(a), **mesh_kwargs(a))
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     # a fresh threshold state per run (the configuration says so), also for a pair passed in
     pair = dataclasses.replace(pair, max_buckets=keep if a.max_buckets is None else a.max_buckets, states={})

@@ -93,7 +93,7 @@ def save(path: Path, c: Config, params, tokenizer=None, source: str | None = Non
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp / "tokenizer"))
             meta = {"format_version": FORMAT_VERSION, "config": c.to_dict(), "source": source,
-                    "dtype": str(jax.tree.leaves(params)[0].dtype), "files": manifest(tmp)}
+                    "dtype": str(params["final_norm"].dtype), "files": manifest(tmp)}
             (tmp / MARKER).write_text(json.dumps(meta, indent=1))
             if interrupted:
                 raise KeyboardInterrupt
@@ -199,10 +199,10 @@ def load_config(path: Path) -> tuple[Config, dict]:
 
 def load(path: Path, dtype=None, shardings=None, sha256: Callable[[Path], str] | None = None) -> tuple[Config, dict]:
     """Restore parameters; with `dtype` they are cast on restore, with `shardings` (a tree, or a function of
-    the config returning one) placed directly. Every file is first checked against the marker's sha256 (Orbax
+    the config returning one) placed directly; int8 matrices keep their int8 values and float32 scales. Every file is first checked against the marker's sha256 (Orbax
     itself restores a flipped bit silently); `sha256` may be a stamped hasher that skips unchanged files."""
     import orbax.checkpoint as ocp
-    from models.transformer import param_specs, ParamSpec
+    from models.transformer import is_spec, param_specs
 
     c, meta = load_config(path)
     problem = _files_damage(path, meta.get("files", {}), sha256 or _sha256)  # none listed: an older conversion
@@ -213,11 +213,11 @@ def load(path: Path, dtype=None, shardings=None, sha256: Callable[[Path], str] |
     saved_dtype = np.dtype(meta["dtype"]) if meta["dtype"] != "bfloat16" else jax.numpy.bfloat16
     target_dtype = dtype or saved_dtype
     specs = param_specs(c)
-    is_spec = lambda x: isinstance(x, ParamSpec)
+    dtype_of = lambda s: np.dtype(s.dtype) if s.dtype else target_dtype
     if shardings is None:
-        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, target_dtype), specs, is_leaf=is_spec)
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype_of(s)), specs, is_leaf=is_spec)
     else:
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, target_dtype, sharding=sh),
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype_of(s), sharding=sh),
                                 specs, shardings, is_leaf=is_spec)
     try:
         with ocp.StandardCheckpointer() as ckpt:
