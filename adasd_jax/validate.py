@@ -11,7 +11,7 @@ import numbers
 from pathlib import Path
 
 METHODS = ("ar", "sd", "dynamic", "adaedl", "fsd", "adasd")
-DEFAULT_METHOD = "adasd"  # what generate, the CLI and the README run when no method is named
+DEFAULT_METHOD = "adasd:stop=cost"  # what generate, the CLI and the README run when no method is named
 DRAFTING = METHODS[1:]
 BOOLS = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
 ALIASES = {"K": "k", "K_max": "k_max"}
