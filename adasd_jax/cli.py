@@ -141,7 +141,7 @@ def cmd_fetch(a) -> int:
 
 
 def cmd_convert(a) -> int:
-    import models
+    from adasd_jax import models
 
     c, params, tok = models.load(a.src, a.dtype)
     out = models.save(a.dst, c, params, tok, source=str(a.src))
@@ -152,7 +152,7 @@ def cmd_convert(a) -> int:
 def cmd_info(a) -> int:
     import jax
 
-    import models
+    from adasd_jax import models
 
     c, params, tok = models.load(a.src, None)
     print(f"source:     {a.src} ({models.source_kind(a.src)})")
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     else:
         a = _parser().parse_args(argv)
     from adasd_jax.fetch import FetchError
-    from models import CheckpointError, ConfigError
+    from adasd_jax.models import CheckpointError, ConfigError
 
     try:
         return {"generate": cmd_generate, "fetch": cmd_fetch, "convert": cmd_convert, "info": cmd_info,

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import struct
 
-import models
+from adasd_jax import models
 from adasd_jax.bench.datasets import GSM8K_INSTRUCTION, jsonl_rows
 
 Params = dict[str, Any]

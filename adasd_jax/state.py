@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from models import KVCache
+from adasd_jax.models import KVCache
 
 
 @struct.dataclass

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from models.config import SUPPORTED_MODEL_TYPES, Config, ConfigError
-from models.kv_cache import KVCache, cache_axes, init_cache
-from models.load.convert import CheckpointError
-from models.transformer import ParamSpec, check_params, embed_lookup, forward, init_params, param_axes, param_specs
+from .config import SUPPORTED_MODEL_TYPES, Config, ConfigError
+from .kv_cache import KVCache, cache_axes, init_cache
+from .load.convert import CheckpointError
+from .transformer import ParamSpec, check_params, embed_lookup, forward, init_params, param_axes, param_specs
 
 __all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
            "check_layers_kept", "check_params", "embed_lookup", "first_layers", "forward", "init_cache", "init_params",
@@ -44,7 +44,7 @@ def _numpy_dtype(d):
 
 def source_kind(source: str | Path) -> str:
     """'gguf' | 'orbax' | 'hf' | 'hub'; raises FileNotFoundError naming what was looked for."""
-    from models.load import hub, orbax_io
+    from .load import hub, orbax_io
 
     p = Path(source).expanduser()
     if p.is_file():
@@ -69,7 +69,7 @@ def load_tokenizer(source: str | Path, kind: str | None = None):
     """The transformers tokenizer (with chat template) for a model source, or None if it has none."""
     from transformers import AutoTokenizer
 
-    from models.load import gguf_tokenizer
+    from .load import gguf_tokenizer
 
     p = Path(source).expanduser()
     kind = kind or source_kind(source)
@@ -102,7 +102,7 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     receives only its own shards); tokenizer is None when asked not to load it or when the source has none.
     An `adasd convert` directory is checked against the sha256 of every file first (`sha256`: the hasher).
     """
-    from models.load import gguf, hub, orbax_io, safetensors
+    from .load import gguf, hub, orbax_io, safetensors
 
     d = None if dtype is None else parse_dtype(dtype)  # None: as stored (Orbax), else float32
     kind = source_kind(source)
@@ -151,7 +151,7 @@ def first_layers(config: Config, params, n: int, label: str | None = None):
 
 def save(path: str | Path, config: Config, params, tokenizer=None, source: str | None = None) -> Path:
     """Write an Orbax checkpoint that `load` reads back bit-exactly (atomic: temp dir, then rename)."""
-    from models.load import orbax_io
+    from .load import orbax_io
 
     check_params(params, config)
     return orbax_io.save(Path(path), config, params, tokenizer, source)

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.config import Config
-from models.kv_cache import KVCache
+from .config import Config
+from .kv_cache import KVCache
 
 Params = dict[str, Any]
 

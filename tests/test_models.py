@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import models
+from adasd_jax import models
 from conftest import FAMILIES, flip_a_bit, make_hf_model
 
 fwd = jax.jit(models.forward, static_argnums=1)
@@ -57,7 +57,7 @@ def test_a_sharded_load_reads_each_shard_from_a_memory_map(tmp_path, monkeypatch
     alone (no host copy of the whole model per host), and the values are those of a plain load."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from models.load import safetensors
+    from adasd_jax.models.load import safetensors
 
     d = make_hf_model(tmp_path / stored, "qwen2", dtype=stored)
     read, real = [], safetensors.load

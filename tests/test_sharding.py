@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType
 from jax.sharding import PartitionSpec as P
 
-import models
+from adasd_jax import models
 from adasd_jax import cli, sharding
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-import models
+from adasd_jax import models
 from adasd_jax import Method, policies
 from adasd_jax.loop import LoopConfig, accept_row
 from adasd_jax.state import ThresholdState

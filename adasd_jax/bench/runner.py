@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
+from adasd_jax import models
 from adasd_jax import engine, sharding
 from adasd_jax.bench import datasets, execution, peers, report
 from adasd_jax.cli import add_draft_layers_arg, add_mesh_arg, mesh_kwargs
