@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adasd_jax import models
-from adasd_jax import fetch, loop, policies, sharding
+from adasd_jax import fetch, loop, policies, protocol, sharding
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
 from adasd_jax.state import CostTable, ThresholdState, Trace
@@ -43,10 +43,15 @@ class NaNLogitsError(FloatingPointError):
 
 @dataclasses.dataclass
 class Model:
-    config: models.Config
+    config: Any  # a models.Config (this package's decoders), or any decoder of the protocol (adasd_jax.protocol)
     params: Any
     source: str
     layers: int | None = None  # only the source's first `layers` layers were kept (a cut draft); None: all
+
+    @property
+    def decoder(self) -> protocol.Decoder:
+        """What the loop runs: the protocol's view of this model."""
+        return models.Decoder(self.config) if isinstance(self.config, models.Config) else self.config
 
 
 @dataclasses.dataclass
@@ -66,7 +71,7 @@ class Pair:
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
-        ids = set(self.target.config.eos_token_ids)
+        ids = set(self.target.decoder.eos_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             ids.add(int(self.tokenizer.eos_token_id))
         return tuple(sorted(ids))
@@ -156,26 +161,33 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
         raise ValueError(f"draft_layers={draft_layers} cuts the draft's layers, but no draft was given: pass draft= "
                          "(or neither model, for the built-in pair)")
     layout = _layout(mesh, replicate_draft, rules)
-    tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params, sha256=fetch.file_sha256)
+    shardings = lambda lay: lay and (lambda c: lay.params(models.Decoder(c)))
+    tc, tp, tok = models.load(target, dtype, shardings=shardings(layout), sha256=fetch.file_sha256)
     dm = None
     vocab = tc.vocab_size
     if draft:
-        dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=layout and layout.draft.params,
+        dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=shardings(layout and layout.draft),
                                    sha256=fetch.file_sha256)
         if tok is not None and dtok is not None and not _same_tokenizer(tok, dtok):
             raise ValueError(f"draft {draft} and target {target} have different tokenizers: speculative decoding "
                              "needs a draft that shares the target's vocabulary")
-        if dc.vocab_size != tc.vocab_size:
-            # documented mapping: vocabularies that differ only by padding rows past the tokenizer's size
-            real = len(tok) if tok is not None else None
-            if real is None or real > min(dc.vocab_size, tc.vocab_size):
-                raise ValueError(f"draft vocabulary ({dc.vocab_size}) and target vocabulary ({tc.vocab_size}) "
-                                 "differ beyond padding rows: the models do not share a vocabulary")
-            vocab = min(dc.vocab_size, tc.vocab_size)
+        vocab = shared_vocab(dc.vocab_size, tc.vocab_size, tok)
         if draft_layers is not None:
             dc, dp = models.first_layers(dc, dp, draft_layers, label=f"draft_layers={draft_layers}")
         dm = Model(dc, dp, str(draft), layers=draft_layers)
     return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab, layout=layout)
+
+
+def shared_vocab(draft_vocab: int, target_vocab: int, tokenizer) -> int:
+    """The vocabulary a pair's logits are compared over. Vocabularies that differ only by padding rows past the
+    tokenizer's size share the tokenizer's rows (the smaller size); any other difference is refused."""
+    if draft_vocab == target_vocab:
+        return target_vocab
+    real = len(tokenizer) if tokenizer is not None else None
+    if real is None or real > min(draft_vocab, target_vocab):
+        raise ValueError(f"draft vocabulary ({draft_vocab}) and target vocabulary ({target_vocab}) differ beyond "
+                         "padding rows: the models do not share a vocabulary")
+    return min(draft_vocab, target_vocab)
 
 
 def shard(pair: Pair, mesh, replicate_draft: bool = True, rules=None) -> Pair:
@@ -183,7 +195,7 @@ def shard(pair: Pair, mesh, replicate_draft: bool = True, rules=None) -> Pair:
     places parameters while loading instead)."""
     layout = _layout(mesh, replicate_draft, rules)
     place = lambda m, lay: None if m is None else dataclasses.replace(
-        m, params=lay.place(m.params, lay.params(m.config)) if lay else jax.device_put(m.params, jax.devices()[0]))
+        m, params=lay.place(m.params, lay.params(m.decoder)) if lay else jax.device_put(m.params, jax.devices()[0]))
     return dataclasses.replace(pair, target=place(pair.target, layout), draft=place(pair.draft, layout and layout.draft),
                                states={}, compiled={}, layout=layout)
 
@@ -259,7 +271,7 @@ def _draft_params(pair: Pair, m: Method):
         return None
     if not m.draft_vocab:
         return pair.draft.params
-    return {**pair.draft.params, "vocab_ids": draft_vocab_ids(pair, m.draft_vocab)}
+    return {"params": pair.draft.params, "vocab_ids": draft_vocab_ids(pair, m.draft_vocab)}
 
 
 def _cached(pair: Pair, key: tuple, build):
@@ -320,8 +332,8 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
     runs them), in units of the narrowest verification (one row: an autoregressive step)."""
     B, K, V = batch, lc.k, lc.vocab
     pt, pd = pair.target.params, loop.with_draft_head(_draft_params(pair, lc.method), lc)
-    cache = lambda c, params: models.init_cache(c, B, max_len, jax.tree.leaves(params)[0].dtype).with_lengths(
-        jnp.full((B,), max_len // 2, jnp.int32))
+    cache = lambda decoder, params: protocol.with_lengths(
+        decoder.init_cache(B, max_len, jax.tree.leaves(params)[0].dtype), jnp.full((B,), max_len // 2, jnp.int32))
 
     @jax.jit
     def draft_step(pd, x, cache):
@@ -337,7 +349,7 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
     args = (cache(lc.target, pt), None, jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B))
     verify_s = [_median_s(verification, pt, args[0], jnp.full((B,), w, jnp.int32), *args[2:], repeats=repeats)
                 for w in lc.widths]
-    draft_s = _median_s(draft_step, pd, jnp.zeros((B,), jnp.int32), cache(lc.draft, pd), repeats=repeats)
+    draft_s = _median_s(draft_step, pd, jnp.zeros((B,), jnp.int32), cache(lc.draft, pair.draft.params), repeats=repeats)
     verify_s = np.maximum.accumulate(verify_s)  # a wider verification does the narrower one's work and more
     return CostTable(draft=jnp.float32(draft_s / verify_s[0]), verify=jnp.asarray(verify_s / verify_s[0], jnp.float32))
 
@@ -419,10 +431,13 @@ def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     ids = encode(pair, prompts, chat)
-    lc = loop.LoopConfig(target=pair.target.config, draft=pair.draft.config if m.uses_draft else None, method=m,
+    if m.draft_vocab and not protocol.has_hook(pair.draft.decoder, "head_rows"):
+        raise ValueError(f"draft_vocab needs the draft decoder's head_rows hook, which "
+                         f"{type(pair.draft.decoder).__name__} lacks (adasd_jax.protocol): add it, or drop draft_vocab")
+    lc = loop.LoopConfig(target=pair.target.decoder, draft=pair.draft.decoder if m.uses_draft else None, method=m,
                          sampling=Sampling(temperature, top_k, top_p), max_new_tokens=max_new_tokens,
                          eos_ids=pair.eos_ids, vocab=pair.vocab, trace=trace, layout=pair.layout)
-    limit = min(c.max_position_embeddings for c in (lc.target, lc.draft) if c is not None)
+    limit = min(d.max_len for d in (lc.target, lc.draft) if d is not None)
     longest = max(map(len, ids))
     if longest + max_new_tokens + lc.k + 1 > limit:
         raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) + draft buffer ({lc.k + 1}) "

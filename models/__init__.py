@@ -3,6 +3,7 @@
     config, params, tokenizer = models.load("path/or/hub-id/or/file.gguf", dtype="bfloat16")
     cache = models.init_cache(config, batch=1, max_len=256, dtype=params["embed"].dtype)
     logits, cache = models.forward(params, config, tokens, cache)
+    decoder = models.Decoder(config)   # the same, as adasd_jax's decoder protocol (adasd_jax/protocol.py)
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import ml_dtypes
 import numpy as np
 
 from .config import SUPPORTED_MODEL_TYPES, Config, ConfigError
+from .decoder import Decoder
 from .kv_cache import KVCache, cache_axes, init_cache
 from .load.convert import CheckpointError
 from .transformer import ParamSpec, check_params, embed_lookup, forward, init_params, param_axes, param_specs
 
-__all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
+__all__ = ["Config", "ConfigError", "CheckpointError", "Decoder", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
            "check_layers_kept", "check_params", "embed_lookup", "first_layers", "forward", "init_cache", "init_params",
            "load", "load_tokenizer", "param_axes", "param_specs", "parse_dtype", "save", "source_kind"]
 

@@ -127,7 +127,7 @@ def test_decisions_match_the_reference():
 def tiny_lc(method: str, k_max: int = 6, max_new: int = 40, pair=None):
     pair = pair or make_tiny_pair(eos=())
     m = Method.parse(method + f",k_max={k_max}")
-    return pair, loop.LoopConfig(target=pair.target.config, draft=pair.draft.config, method=m, vocab=pair.vocab,
+    return pair, loop.LoopConfig(target=pair.target.decoder, draft=pair.draft.decoder, method=m, vocab=pair.vocab,
                                  max_new_tokens=max_new, trace=True)
 
 

@@ -251,7 +251,7 @@ def test_divergences_follow_the_verified_width(tiny_pair, monkeypatch, sequentia
 
     monkeypatch.setattr(loop, "SEQUENTIAL_POSITIONS", sequential)
     m = Method.parse("adasd")
-    lc = loop.LoopConfig(target=tiny_pair.target.config, draft=tiny_pair.draft.config, method=m, sampling=Sampling(),
+    lc = loop.LoopConfig(target=tiny_pair.target.decoder, draft=tiny_pair.draft.decoder, method=m, sampling=Sampling(),
                          max_new_tokens=8, eos_ids=(2,), vocab=tiny_pair.vocab)
     prompts, lengths = np.zeros((1, 8), np.int32), np.full((1,), 4, np.int32)
     closed = jax.make_jaxpr(lambda pt, pd, p, n, ms, k: loop.generate(pt, pd, lc, p, n, 32, ms, k))(
