@@ -178,6 +178,28 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
     return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab, layout=layout)
 
 
+def make_pair(target, target_params, draft=None, draft_params=None, tokenizer=None, check: bool = True) -> Pair:
+    """A pair from your own decoders: objects of the decoder protocol (adasd_jax.protocol; `adasd_jax.nnx.decoder`
+    adapts a Flax NNX module) and their parameters, with a transformers tokenizer or None (prompts are then token
+    ids). `check` runs each decoder once on a small cache and refuses one that breaks the protocol."""
+    parts = [("target", target, target_params)] + ([("draft", draft, draft_params)] if draft is not None else [])
+    for label, decoder, params in parts:
+        if params is None:
+            raise ValueError(f"{label} decoder given without its parameters: pass {label}_params=")
+        if check:
+            protocol.check(decoder, params, label)
+    vocab = target.vocab_size
+    if draft is not None:
+        vocab = shared_vocab(draft.vocab_size, target.vocab_size, tokenizer)
+    if tokenizer is not None and len(tokenizer) > vocab:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the decoders' logits cover {vocab}: pass the "
+                         "models' own tokenizer")
+    name = lambda d: type(d).__name__
+    return Pair(target=Model(target, target_params, name(target)),
+                draft=None if draft is None else Model(draft, draft_params, name(draft)), tokenizer=tokenizer,
+                vocab=vocab)
+
+
 def shared_vocab(draft_vocab: int, target_vocab: int, tokenizer) -> int:
     """The vocabulary a pair's logits are compared over. Vocabularies that differ only by padding rows past the
     tokenizer's size share the tokenizer's rows (the smaller size); any other difference is refused."""
