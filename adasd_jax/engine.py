@@ -585,13 +585,7 @@ def prefill_s(pair: Pair, prompts, method: str | Method = "ar", max_new_tokens: 
         lambda pt, pd, p, n, ms, k: loop.prefill(pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k).out))
     args = (pair.target.params, _draft_params(pair, lc.method), prompt, lengths,
             loop.init_method_state(lc.method, B), jax.random.key(0))
-    jax.block_until_ready(run(*args))  # compiles on a bucket's first call
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(run(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return _median_s(run, *args, repeats=repeats)
 
 
 class Stream:

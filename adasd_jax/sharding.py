@@ -5,9 +5,9 @@
     pair = engine.load_pair(draft, target, mesh=mesh)
 
 `RULES` maps each logical axis name (those of a decoder's `param_specs` and `cache_axes` hooks, see
-adasd_jax/protocol.py, and of the loop state below) to a mesh axis, or to several (`RULES_2D`). Parameters, KV caches, the loop state and
-the threshold state all take their shardings from it; changing the parallelism is editing the table
-(`parse_rules`, `--rule` on the CLI). XLA's SPMD partitioner does the rest: no hand-written collectives.
+adasd_jax/protocol.py, and of the loop state below) to a mesh axis, or to several (`RULES_2D`). Parameters, KV
+caches, the loop state and the threshold state all take their shardings from it; changing the parallelism is editing
+the table (`parse_rules`, `--rule` on the CLI). XLA's SPMD partitioner does the rest: no hand-written collectives.
 
 An axis whose size does not divide by its mesh axis is replicated instead: the divisibility is
 checked on the logical count (heads, not heads * head_dim), so the default pair's 2 KV heads leave

@@ -22,7 +22,8 @@ from .kv_cache import KVCache, cache_axes, init_cache
 from .load.convert import CheckpointError
 from .transformer import ParamSpec, check_params, embed_lookup, forward, init_params, param_axes, param_specs
 
-__all__ = ["Config", "ConfigError", "CheckpointError", "Decoder", "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
+__all__ = ["Config", "ConfigError", "CheckpointError", "Decoder",
+           "KVCache", "ParamSpec", "SUPPORTED_MODEL_TYPES", "cache_axes",
            "check_layers_kept", "check_params", "embed_lookup", "first_layers", "forward", "init_cache", "init_params",
            "load", "load_tokenizer", "param_axes", "param_specs", "parse_dtype", "save", "source_kind"]
 

@@ -205,9 +205,37 @@ def test_mismatched_vocabularies_follow_the_padding_row_rule():
     c = dataclasses.replace(decoder.config, vocab_size=128)
     wide = models.Decoder(c)
     wide_params = models.init_params(c, jax.random.key(2), scale=0.1)
-    with pytest.raises(ValueError, match=r"draft vocabulary \(128\) and target vocabulary \(96\) differ beyond padding"):
+    with pytest.raises(ValueError, match=r"draft vocabulary \(128\) and target vocabulary \(96\) differ beyond"):
         adasd_jax.make_pair(decoder, params, draft=wide, draft_params=wide_params)
     tokenizer = type("Tok", (), {"__len__": lambda self: 90})()  # 90 real tokens: rows 90.. are padding in both
     assert adasd_jax.make_pair(decoder, params, draft=wide, draft_params=wide_params, tokenizer=tokenizer).vocab == 96
     with pytest.raises(ValueError, match="without its parameters"):
         adasd_jax.make_pair(decoder, None)
+
+
+def test_compile_counts_are_those_of_the_loop_before_the_protocol(prompts):
+    """Backend compilations per generate on a fresh pair, counted through jax.monitoring: after `ar` (which also
+    compiles the eager set-up), each method compiles 2 programs on its first call and none on its second, the counts
+    of the commit before the loop went through the protocol (count script run on both, 2026-12-02)."""
+    from jax import monitoring
+
+    from conftest import make_tiny_pair
+
+    count = [0]
+
+    def listen(event, duration, **kw):
+        count[0] += event == "/jax/core/compile/backend_compile_duration"
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        pair = dataclasses.replace(make_tiny_pair(), token_ranks=np.arange(96)[::-1].copy())
+        adasd_jax.generate(pair, prompts, method="ar", max_new_tokens=MAX_NEW)
+        for method in ("sd:K=3", "adasd", "adasd:draft_vocab=32"):
+            seen = []
+            for _ in range(2):
+                before = count[0]
+                adasd_jax.generate(pair, prompts, method=method, max_new_tokens=MAX_NEW)
+                seen.append(count[0] - before)
+            assert seen == [2, 0], (method, seen)
+    finally:
+        monitoring.unregister_event_duration_listener(listen)
