@@ -1,7 +1,7 @@
 """Bring your own model: a Llama decoder written here as a Flax NNX module, loaded with SmolLM2-135M's real weights,
 run by adasd-jax as target and as a draft made of its first layers, through the public API only.
 
-    python examples/nnx_decoder.py [SmolLM2-135M-Instruct.gguf] [--draft-layers 8] [--max-new-tokens 48]
+    python examples/nnx_decoder.py [SmolLM2-135M-Instruct.gguf] [--draft-layers 20] [--max-new-tokens 48]
 
 Without a path, the GGUF (98 MB, hash-pinned) is fetched once into adasd-jax's cache. The module, its cache layout
 (one stacked [layers, B, S, kv_heads, head_dim] array, unlike adasd_jax.models' per-layer tuples) and its forward are
@@ -146,7 +146,7 @@ def from_checkpoint(path: str, layers: int | None = None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("gguf", nargs="?", help="SmolLM2-135M-Instruct GGUF (default: fetched into adasd-jax's cache)")
-    ap.add_argument("--draft-layers", type=int, default=8)
+    ap.add_argument("--draft-layers", type=int, default=20, help="the draft: the target's first N layers (of 30)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     a = ap.parse_args()
     if a.gguf is None:
