@@ -198,7 +198,7 @@ def check_convert(a) -> None:
 
 
 def cmd_convert(a) -> int:
-    import models
+    from adasd_jax import models
 
     c, params, tok = models.load(a.src, a.dtype, quantize=a.quantize)
     check_interrupted()  # a Ctrl-C that Python swallowed while loading stops here, before anything is written
@@ -211,7 +211,7 @@ def cmd_convert(a) -> int:
 def cmd_info(a) -> int:
     import jax
 
-    import models
+    from adasd_jax import models
 
     c, params, tok = models.load(a.src, None)
     print(f"source:     {a.src} ({models.source_kind(a.src)})")
@@ -305,7 +305,7 @@ def _main(argv=None) -> int:
     if a.command == "generate":
         _multihost_setup()
     from adasd_jax.fetch import FetchError
-    from models import CheckpointError, ConfigError
+    from adasd_jax.models import CheckpointError, ConfigError
 
     try:
         return {"generate": cmd_generate, "fetch": cmd_fetch, "convert": cmd_convert, "info": cmd_info,

@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from models.load import orbax_io
+from adasd_jax.models.load import orbax_io
 
-import models
+from adasd_jax import models
 from adasd_jax import validate
 from adasd_jax.bench.datasets import GSM8K_INSTRUCTION, jsonl_rows
 

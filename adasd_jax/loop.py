@@ -14,8 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-import models
-from adasd_jax import policies
+from adasd_jax import policies, protocol
 from adasd_jax.divergence import Sampling, argmax, choose, entropy, js_distance, sample, transform
 from adasd_jax.policies import Method
 from adasd_jax.state import CostTable, LoopState, MethodState, Metrics, ThresholdState, Trace
@@ -36,8 +35,8 @@ def verify_widths(cap: int) -> tuple[int, ...]:
 class LoopConfig:
     """Everything static about one generation: compiled once per value (and per shape bucket)."""
 
-    target: models.Config
-    draft: models.Config | None
+    target: protocol.Decoder  # static, hashable decoders (adasd_jax.protocol; models.Decoder is the reference)
+    draft: protocol.Decoder | None
     method: Method
     sampling: Sampling = Sampling()
     max_new_tokens: int = 128
@@ -65,17 +64,17 @@ class LoopConfig:
 def prefill(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: MethodState, key) -> LoopState:
     """Run the prompts through both models; the target's next token is the first emitted token."""
     B = prompts.shape[0]
-    dtype_t = models.activation_dtype(pt)
-    tcache = models.init_cache(lc.target, B, max_len, dtype_t)
-    logits, tcache = models.forward(pt, lc.target, prompts, tcache, lengths, lengths - 1)
+    dtype_t = protocol.activation_dtype(lc.target, pt)
+    tcache = lc.target.init_cache(B, max_len, dtype_t)
+    logits, tcache = lc.target.forward(pt, prompts, tcache, lengths, lengths - 1)
     logits = logits[:, 0, :lc.vocab]
     key, k0 = jax.random.split(key)
     y0 = choose(k0, logits, lc.sampling)
     if lc.method.uses_draft:
-        dcache = models.init_cache(lc.draft, B, max_len, models.activation_dtype(pd))
+        dcache = lc.draft.init_cache(B, max_len, protocol.activation_dtype(lc.draft, draft_weights(lc, pd)))
         _, dcache = draft_forward(pd, lc, prompts, dcache, lengths, lengths - 1)
     else:
-        dcache = models.KVCache(k=jnp.zeros((0,)), v=jnp.zeros((0,)), lengths=jnp.zeros((B,), jnp.int32))
+        dcache = protocol.NoCache(lengths=jnp.zeros((B,), jnp.int32))
     nan = jnp.isnan(logits).any(-1)
     out = jnp.zeros((B, lc.out_len), jnp.int32).at[:, 0].set(jnp.where(nan, 0, y0))
     metrics = Metrics.zeros(B).replace(new_tokens=jnp.where(nan, 0, 1), nan=nan.astype(jnp.int32))
@@ -103,21 +102,26 @@ def _constrain(lc: LoopConfig, s: LoopState) -> LoopState:
 # ---------------------------------------------------------------- draft
 
 def with_draft_head(pd, lc: LoopConfig):
-    """With `draft_vocab`, add the draft's output rows for its token subset `pd["vocab_ids"]` (FR-Spec): gathered
-    once per generation, outside the loop, so that each draft step streams N head rows instead of the vocabulary."""
+    """With `draft_vocab`, add the draft's output rows for its token subset `pd["vocab_ids"]` (FR-Spec; the decoder's
+    `head_rows` hook): gathered once per generation, outside the loop, so that each draft step streams N head rows
+    instead of the vocabulary."""
     if not lc.method.draft_vocab or pd is None:
         return pd
-    head = pd["embed"] if lc.draft.tie_word_embeddings else pd["lm_head"]
-    return {**pd, "vocab_head": models.take_rows(head, pd["vocab_ids"])}
+    return {**pd, "vocab_head": lc.draft.head_rows(pd["params"], pd["vocab_ids"])}
+
+
+def draft_weights(lc: LoopConfig, pd):
+    """The draft's own parameters: with `draft_vocab`, the loop carries {"params", "vocab_ids", "vocab_head"}."""
+    return pd["params"] if lc.method.draft_vocab else pd
 
 
 def draft_forward(pd, lc: LoopConfig, tokens, cache, num_new, logits_index=None):
     """The draft's forward with logits over the shared vocabulary; tokens outside a draft_vocab subset get -inf
     (zero probability: never proposed, and speculative sampling's residual gives them their full target mass)."""
     if not lc.method.draft_vocab:
-        logits, cache = models.forward(pd, lc.draft, tokens, cache, num_new, logits_index)
+        logits, cache = lc.draft.forward(pd, tokens, cache, num_new, logits_index)
         return logits[..., :lc.vocab], cache
-    sub, cache = models.forward(pd, lc.draft, tokens, cache, num_new, logits_index, head=pd["vocab_head"])
+    sub, cache = lc.draft.forward(pd["params"], tokens, cache, num_new, logits_index, head=pd["vocab_head"])
     full = jnp.full(sub.shape[:-1] + (lc.vocab,), -jnp.inf, sub.dtype)
     return full.at[..., pd["vocab_ids"]].set(sub), cache
 
@@ -221,7 +225,7 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n, declined, q_buf, t_v, key
     def branch(w):
         def run(cache):
             tokens = jnp.concatenate([s.last[:, None], props[:, :w]], axis=1)
-            logits, cache = models.forward(pt, lc.target, tokens, cache, jnp.zeros_like(n))
+            logits, cache = lc.target.forward(pt, tokens, cache, jnp.zeros_like(n))
             p = logits[..., :lc.vocab]
             q = p if q_buf is None else q_buf[:, :w + 1]
             emitted, a, contrib, info = jax.vmap(functools.partial(accept_row, lc))(
@@ -343,14 +347,14 @@ def round_step(pt, pd, lc: LoopConfig, s: LoopState, costs: CostTable | None = N
     # roll back: the target keeps last, x_1..x_a; the draft keeps what it has of that, the rest is pending
     L = s.target_cache.lengths
     committed = L + 1 + a
-    tcache = tcache.with_lengths(jnp.where(live, committed, L))
+    tcache = protocol.with_lengths(tcache, jnp.where(live, committed, L))
     y = emitted[jnp.arange(B), a]
     if m.uses_draft:
         d_len = jnp.minimum(committed, dcache.lengths)
         n_pend = committed - d_len + 1  # 1 or 2
         prev = emitted[jnp.arange(B), jnp.maximum(a - 1, 0)]
         pending = jnp.where((n_pend == 2)[:, None], jnp.stack([prev, y], 1), jnp.stack([y, jnp.zeros_like(y)], 1))
-        dcache = dcache.with_lengths(jnp.where(live, d_len, s.draft_cache.lengths))
+        dcache = protocol.with_lengths(dcache, jnp.where(live, d_len, s.draft_cache.lengths))
         pending = jnp.where(live[:, None], pending, s.pending)
         n_pend = jnp.where(live, n_pend, s.n_pending)
     else:

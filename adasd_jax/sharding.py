@@ -4,10 +4,10 @@
     layout = Layout(mesh)                       # RULES, draft replicated
     pair = engine.load_pair(draft, target, mesh=mesh)
 
-`RULES` maps each logical axis name (those of `models.param_specs`, `models.cache_axes` and the
-loop state below) to a mesh axis, or to several (`RULES_2D`). Parameters, KV caches, the loop state and
-the threshold state all take their shardings from it; changing the parallelism is editing the table
-(`parse_rules`, `--rule` on the CLI). XLA's SPMD partitioner does the rest: no hand-written collectives.
+`RULES` maps each logical axis name (those of a decoder's `param_specs` and `cache_axes` hooks, see
+adasd_jax/protocol.py, and of the loop state below) to a mesh axis, or to several (`RULES_2D`). Parameters, KV
+caches, the loop state and the threshold state all take their shardings from it; changing the parallelism is editing
+the table (`parse_rules`, `--rule` on the CLI). XLA's SPMD partitioner does the rest: no hand-written collectives.
 
 An axis whose size does not divide by its mesh axis is replicated instead: the divisibility is
 checked on the logical count (heads, not heads * head_dim), so the default pair's 2 KV heads leave
@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import models
+from adasd_jax import protocol
 
 # logical axis -> mesh axis (None: replicated). A size that does not divide is replicated (see above).
 RULES: dict[str, str | tuple[str, ...] | None] = {
@@ -155,18 +155,20 @@ class Layout:
 
     # ------------------------------------------------------------ parameters and caches
 
-    def params(self, c: models.Config):
-        """NamedShardings matching `models.param_specs(c)`: pass to `models.load(..., shardings=)`."""
-        counts = head_counts(c)
-        return jax.tree.map(lambda s: self.sharding(s.axes, s.shape, counts), models.param_specs(c),
-                            is_leaf=lambda x: isinstance(x, models.ParamSpec))
+    def params(self, decoder):
+        """NamedShardings matching the decoder's parameters (its `param_specs` hook); for the reference decoders, pass
+        `lambda c: layout.params(models.Decoder(c))` to `models.load(..., shardings=)`."""
+        _need_hooks(decoder, "param_specs")
+        counts = head_counts(decoder)
+        return jax.tree.map(lambda s: self.sharding(s.axes, s.shape, counts), decoder.param_specs(),
+                            is_leaf=lambda x: hasattr(x, "axes") and hasattr(x, "shape"))
 
-    def cache(self, c: models.Config, batch: int, length: int) -> models.KVCache:
-        """NamedShardings of a KVCache of `batch` rows and `length` positions (every layer alike)."""
-        axes = models.cache_axes()
-        kv = self.sharding(axes.k[0], (batch, length, c.num_kv_heads, c.head_dim))
-        return models.KVCache(k=(kv,) * c.num_layers, v=(kv,) * c.num_layers,
-                              lengths=self.sharding(axes.lengths, (batch,)))
+    def cache(self, decoder, cache):
+        """NamedShardings of a decoder's cache (its `cache_axes` hook), from the cache's own shapes."""
+        _need_hooks(decoder, "cache_axes")
+        counts = head_counts(decoder)
+        return jax.tree.map(lambda axes, x: self.sharding(axes, x.shape, counts), decoder.cache_axes(cache), cache,
+                            is_leaf=protocol.is_axes)
 
     # ------------------------------------------------------------ loop and threshold state
 
@@ -182,22 +184,19 @@ class Layout:
         rows = jax.tree.map(lambda x: self.batch(x.shape), s)
         return rows.replace(thresholds=jax.tree.map(lambda x: self.replicated, s.thresholds)) if pooled else rows
 
-    def loop_state(self, s, target: models.Config, draft: models.Config | None):
+    def loop_state(self, s, target, draft):
         """LoopState field by field: caches and per-row buffers per the table, key and step replicated."""
-        B = s.last.shape[0]
         row = lambda x: self.batch(x.shape)
         dcache = s.draft_cache
-        if draft is None:  # `ar` carries a placeholder draft cache with empty k and v
-            dshard = dcache.replace(k=self.replicated, v=self.replicated, lengths=row(dcache.lengths))
-        else:
-            dshard = self.draft.cache(draft, B, dcache.k[0].shape[1])
+        # without a draft, its slot holds only lengths (protocol.NoCache)
+        dshard = jax.tree.map(row, dcache) if draft is None else self.draft.cache(draft, dcache)
         trace = None if s.trace is None else jax.tree.map(lambda x: self.batch(x.shape, at=1), s.trace)
-        return type(s)(target_cache=self.cache(target, B, s.target_cache.k[0].shape[1]), draft_cache=dshard,
+        return type(s)(target_cache=self.cache(target, s.target_cache), draft_cache=dshard,
                        last=row(s.last), pending=row(s.pending), n_pending=row(s.n_pending), out=row(s.out),
                        done=row(s.done), method=self.method_state(s.method), metrics=jax.tree.map(row, s.metrics),
                        key=self.replicated, step=self.replicated, trace=trace)
 
-    def constrain(self, s, target: models.Config, draft: models.Config | None):
+    def constrain(self, s, target, draft):
         """Pin a LoopState to its shardings inside jit (the while loop's carry keeps them)."""
         return jax.lax.with_sharding_constraint(s, self.loop_state(s, target, draft))
 
@@ -212,9 +211,16 @@ class Layout:
         return jax.tree.map(put, tree, shardings)
 
 
-def head_counts(c: models.Config) -> dict[str, int]:
-    """Heads are split whole, never inside a head: the fused [heads * head_dim] axes divide by head count."""
-    return {"q_heads": c.num_heads, "kv_heads": c.num_kv_heads}
+def head_counts(decoder) -> dict[str, int]:
+    """The logical counts of fused axes (heads are split whole: [heads * head_dim] divides by the head count)."""
+    return decoder.axis_counts() if protocol.has_hook(decoder, "axis_counts") else {}
+
+
+def _need_hooks(decoder, *names: str) -> None:
+    missing = [n for n in names if not protocol.has_hook(decoder, n)]
+    if missing:
+        raise ValueError(f"{type(decoder).__name__} has no {', '.join(missing)} hook (adasd_jax.protocol), so it "
+                         "cannot be sharded on a mesh: add the hooks, or run it on one device (mesh=None)")
 
 
 def distributed_requested() -> bool:

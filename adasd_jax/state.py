@@ -4,11 +4,11 @@ B = batch rows, K = k_max (draft buffer), V = vocabulary, O = output buffer leng
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import struct
-
-from models import KVCache
 
 
 @struct.dataclass
@@ -123,8 +123,8 @@ class Trace:
 class LoopState:
     """The whole generation state; one `round_step` maps it to the next."""
 
-    target_cache: KVCache  # holds every committed token except `last`
-    draft_cache: KVCache  # holds every committed token except `pending`
+    target_cache: Any  # the target decoder's cache (adasd_jax.protocol): holds every committed token except `last`
+    draft_cache: Any  # the draft's (protocol.NoCache without a draft): holds every committed token except `pending`
     last: jax.Array  # i32 [B]: newest committed token (the next verification's first input)
     pending: jax.Array  # i32 [B, 2]: the last committed tokens the draft has not consumed yet
     n_pending: jax.Array  # i32 [B]: how many it has not consumed: 1 or 2, more after rounds that skipped the draft

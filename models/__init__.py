@@ -3,6 +3,7 @@
     config, params, tokenizer = models.load("path/or/hub-id/or/file.gguf", dtype="bfloat16")  # quantize="int8"
     cache = models.init_cache(config, batch=1, max_len=256, dtype=models.activation_dtype(params))
     logits, cache = models.forward(params, config, tokens, cache)
+    decoder = models.Decoder(config)   # the same, as adasd_jax's decoder protocol (adasd_jax/protocol.py)
 """
 from __future__ import annotations
 
@@ -16,18 +17,20 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from models.config import SUPPORTED_MODEL_TYPES, Config, ConfigError
-from models.kv_cache import KVCache, cache_axes, init_cache
-from models.load.convert import CheckpointError
-from models import quant
-from models.quant import QInt8, parse_quantize
-from models.transformer import (ParamSpec, activation_dtype, check_params, embed_lookup, forward, init_params,
-                                is_spec, param_axes, param_specs, quantize_params, take_rows)
+from .config import SUPPORTED_MODEL_TYPES, Config, ConfigError
+from .decoder import Decoder
+from .kv_cache import KVCache, cache_axes, init_cache
+from .load.convert import CheckpointError
+from . import quant
+from .quant import QInt8, parse_quantize
+from .transformer import (ParamSpec, activation_dtype, check_params, embed_lookup, forward, init_params, is_spec,
+                          param_axes, param_specs, quantize_params, take_rows)
 
-__all__ = ["Config", "ConfigError", "CheckpointError", "KVCache", "ParamSpec", "QInt8", "SUPPORTED_MODEL_TYPES",
-           "activation_dtype", "cache_axes", "check_layers_kept", "check_params", "embed_lookup", "first_layers",
-           "forward", "init_cache", "init_params", "is_spec", "load", "load_tokenizer", "param_axes", "param_specs",
-           "parse_dtype", "parse_quantize", "quantize_params", "save", "source_kind", "take_rows"]
+__all__ = ["Config", "ConfigError", "CheckpointError", "Decoder", "KVCache", "ParamSpec", "QInt8",
+           "SUPPORTED_MODEL_TYPES", "activation_dtype", "cache_axes", "check_layers_kept", "check_params",
+           "embed_lookup", "first_layers", "forward", "init_cache", "init_params", "is_spec", "load", "load_tokenizer",
+           "param_axes", "param_specs", "parse_dtype", "parse_quantize", "quantize_params", "save", "source_kind",
+           "take_rows"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -49,7 +52,7 @@ def _numpy_dtype(d):
 
 def source_kind(source: str | Path) -> str:
     """'gguf' | 'orbax' | 'hf' | 'hub'; raises FileNotFoundError naming what was looked for."""
-    from models.load import hub, orbax_io
+    from .load import hub, orbax_io
 
     p = Path(source).expanduser()
     if p.is_file():
@@ -74,7 +77,7 @@ def load_tokenizer(source: str | Path, kind: str | None = None):
     """The transformers tokenizer (with chat template) for a model source, or None if it has none."""
     from transformers import AutoTokenizer
 
-    from models.load import gguf_tokenizer
+    from .load import gguf_tokenizer
 
     p = Path(source).expanduser()
     kind = kind or source_kind(source)
@@ -108,7 +111,7 @@ def load(source: str | Path, dtype="float32", tokenizer: bool = True, shardings=
     `dtype` is that of the rest and of the activations. An int8 conversion loads as int8 whatever `quantize` says.
     An `adasd convert` directory is checked against the sha256 of every file first (`sha256`: the hasher).
     """
-    from models.load import gguf, hub, orbax_io, safetensors
+    from .load import gguf, hub, orbax_io, safetensors
 
     d = None if dtype is None else parse_dtype(dtype)  # None: as stored (Orbax), else float32
     q = parse_quantize(quantize)
@@ -153,7 +156,7 @@ def _tokenizer(path: Path, kind: str):
 def _quantized(c: Config, np_params, dtype, tok):
     """int8 matrices after SmoothQuant smoothing calibrated on models/data/calibration.txt (models/smooth.py); the
     rest cast to `dtype`."""
-    from models import smooth
+    from . import smooth
 
     maxima = smooth.activation_maxima(np_params, c, smooth.calibration_tokens(tok, c.vocab_size))
     layers = list(np_params["layers"])
@@ -180,7 +183,7 @@ def save(path: str | Path, config: Config, params, tokenizer=None, source: str |
          overwrite: bool = False) -> Path:
     """Write an Orbax checkpoint that `load` reads back bit-exactly (atomic: temp dir, then rename). An existing
     file or non-empty directory at `path` is refused, or with `overwrite` replaced in one step."""
-    from models.load import orbax_io
+    from .load import orbax_io
 
     check_params(params, config)
     return orbax_io.save(Path(path), config, params, tokenizer, source, overwrite)

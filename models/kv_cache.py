@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from models.config import Config
+from .config import Config
 
 CACHE_AXES = ("batch", "seq", "kv_heads", "head_dim")  # of each layer's k and v
 

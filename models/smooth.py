@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import transformer
-from models.config import Config
-from models.kv_cache import init_cache
+from . import transformer
+from .config import Config
+from .kv_cache import init_cache
 
 ALPHA = 0.5
 CALIBRATION = Path(__file__).with_name("data") / "calibration.txt"

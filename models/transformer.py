@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import quant
-from models.config import Config
-from models.kv_cache import KVCache
-from models.quant import QInt8
+from . import quant
+from .config import Config
+from .kv_cache import KVCache
+from .quant import QInt8
 
 Params = dict[str, Any]
 

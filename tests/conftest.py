@@ -112,7 +112,7 @@ def make_tiny_pair(vocab: int = 96, eos: tuple[int, ...] = (2,), layer_scale: fl
 
     import jax
 
-    import models
+    from adasd_jax import models
     from adasd_jax.engine import Model, Pair
 
     c = models.Config(model_type="llama", vocab_size=vocab, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -140,7 +140,7 @@ def prompts():
 @pytest.fixture(scope="session")
 def smollm2(smollm2_gguf):
     """(config, float32 params, tokenizer) of the real SmolLM2, loaded once per session."""
-    import models
+    from adasd_jax import models
 
     return models.load(smollm2_gguf, "float32")
 

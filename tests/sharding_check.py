@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax
 import numpy as np
 
-import models
+from adasd_jax import models
 from adasd_jax import engine, loop, sharding
 from adasd_jax.engine import Model, Pair
 

@@ -127,7 +127,7 @@ def test_decisions_match_the_reference():
 def tiny_lc(method: str, k_max: int = 6, max_new: int = 40, pair=None):
     pair = pair or make_tiny_pair(eos=())
     m = Method.parse(method + f",k_max={k_max}")
-    return pair, loop.LoopConfig(target=pair.target.config, draft=pair.draft.config, method=m, vocab=pair.vocab,
+    return pair, loop.LoopConfig(target=pair.target.decoder, draft=pair.draft.decoder, method=m, vocab=pair.vocab,
                                  max_new_tokens=max_new, trace=True)
 
 
@@ -224,9 +224,11 @@ def test_a_skipped_draft_catches_up_when_drafting_resumes():
     tiny = make_tiny_pair(eos=())
     pair = dataclasses.replace(tiny, draft=tiny.target)
     m = Method.parse("adasd:stop=cost,js_accept=0,k_max=4")
-    state = ThresholdState.init((), m.bins).replace(rate_tokens=jnp.float32(30), rate_cost=jnp.float32(10))
+    half = jnp.zeros(m.bins).at[0].set(9.0)  # nine verdicts seen, four accepted: the pool's mean is (4 + 1) / 10
+    state = ThresholdState.init((), m.bins).replace(rate_tokens=jnp.float32(30), rate_cost=jnp.float32(10),
+                                                    bin_n=half, bin_acc=half * 4 / 9)
     _, lc = tiny_lc("adasd:stop=cost,js_accept=0", k_max=4, pair=pair)
-    costs = CostTable(draft=jnp.float32(0.3), verify=jnp.ones(3))  # drafting pays once R < abar / c_d = 1.67
+    costs = CostTable(draft=jnp.float32(0.3), verify=jnp.ones(3))  # drafting pays once R < 0.5 / c_d = 1.67
     rounds = list(run_rounds(pair, lc, [[5, 6, 7]], costs, thresholds=state))
     drafted = [int(np.asarray(after.trace.draft_len[int(before.step)])[0]) for before, after in rounds]
     skipped = drafted.index(next(d for d in drafted if d > 0))

@@ -115,7 +115,7 @@ def test_step_programs_compile_at_once_and_time_without_compiling():
     import jax
     import jax.numpy as jnp
 
-    import models
+    from adasd_jax import models
     from adasd_jax.bench.device_check import compile_all, step_programs, time_steps
 
     c = models.Config(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -139,7 +139,7 @@ def test_the_check_runs_end_to_end_on_small_shapes(tmp_path, monkeypatch, capsys
     import dataclasses
     import json
 
-    import models
+    from adasd_jax import models
     from adasd_jax.bench import device_check, roofline
 
     small = models.Config(model_type="qwen2", vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tiny_pair
 
 import adasd_jax
-import models
+from adasd_jax import models
 from adasd_jax import cli, distill
 
 F32 = dict(compute_dtype="float32")
@@ -145,7 +145,7 @@ def test_packed_documents_do_not_attend_to_each_other(pair):
 
 
 def test_gsm8k_rows_become_chat_text(hf_pair):
-    from models import load_tokenizer
+    from adasd_jax.models import load_tokenizer
 
     tok = load_tokenizer(hf_pair[1])
     row = {"question": "w5 w6", "answer": "w7 <<1+1=2>>w8\n#### w9"}
@@ -231,7 +231,7 @@ def test_init_from_another_model_checks_the_vocabulary(tmp_path, hf_pair):
 
     from conftest import make_tokenizer
 
-    import models
+    from adasd_jax import models
 
     tc, tp, tok = models.load(hf_pair[1], "float32")
     c, _ = distill.init_draft(str(hf_pair[0]), tc, tp, tok, "float32")
@@ -249,7 +249,7 @@ def test_init_from_another_model_checks_the_vocabulary(tmp_path, hf_pair):
 def test_init_layers_cuts_the_init_model(hf_pair):
     import numpy as np
 
-    import models
+    from adasd_jax import models
 
     tc, tp, tok = models.load(hf_pair[1], "float32")
     full_c, full_p = distill.init_draft(str(hf_pair[0]), tc, tp, tok, "float32")

@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import chisquare
 
 import adasd_jax
-import models
+from adasd_jax import models
 from adasd_jax import Method, engine
 from adasd_jax.engine import Model, Pair
 from conftest import make_tiny_pair
@@ -251,7 +251,7 @@ def test_divergences_follow_the_verified_width(tiny_pair, monkeypatch, sequentia
 
     monkeypatch.setattr(loop, "SEQUENTIAL_POSITIONS", sequential)
     m = Method.parse("adasd")
-    lc = loop.LoopConfig(target=tiny_pair.target.config, draft=tiny_pair.draft.config, method=m, sampling=Sampling(),
+    lc = loop.LoopConfig(target=tiny_pair.target.decoder, draft=tiny_pair.draft.decoder, method=m, sampling=Sampling(),
                          max_new_tokens=8, eos_ids=(2,), vocab=tiny_pair.vocab)
     prompts, lengths = np.zeros((1, 8), np.int32), np.full((1,), 4, np.int32)
     closed = jax.make_jaxpr(lambda pt, pd, p, n, ms, k: loop.generate(pt, pd, lc, p, n, 32, ms, k))(
@@ -348,7 +348,7 @@ def sampled_marginals(method: str):
     and third tokens' counts against the target's exact marginals (enumerated over the tokens before them)."""
     import jax.numpy as jnp
 
-    import models
+    from adasd_jax import models
     from adasd_jax.divergence import Sampling, transform
 
     pair = make_tiny_pair(vocab=8, eos=(), layer_scale=0.3, draft_layers=1, seed=1)
@@ -551,7 +551,7 @@ def test_vocabularies_that_differ_by_padding_rows_map_to_the_tokenizer(hf_pair, 
 
 def test_real_weights_sd_and_adasd(smollm2):
     """Real SmolLM2-135M with a self-speculative draft (its first 20 layers): chat prompts, greedy SD == AR."""
-    import models
+    from adasd_jax import models
 
     c, params, tok = smollm2
     dc, dp = models.first_layers(c, params, 20)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import flip_a_bit
 
-import models
+from adasd_jax import models
 from adasd_jax import engine
 from adasd_jax import fetch as F
-from models.load import orbax_io
+from adasd_jax.models.load import orbax_io
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 40, b"middle chunk " * 500, os.urandom(7001)]
 JOINED = b"".join(CHUNKS)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.load import gguf_tokenizer
+from adasd_jax.models.load import gguf_tokenizer
 
 TEXTS = ["Hello, world!", "  two leading spaces", "café 123\n\tdef f(x):\n    return x ** 2", "日本語のテキスト", ""]
 CHAT = [{"role": "user", "content": "What is 17 * 23?"}]
@@ -46,7 +46,8 @@ import importlib.machinery as m, sys
 find = m.PathFinder.find_spec
 m.PathFinder.find_spec = lambda name, path=None, target=None: (
     None if name.split(".")[0] == "torch" else find(name, path, target))
-import adasd_jax.cli, adasd_jax.engine, models
+import adasd_jax.cli, adasd_jax.engine
+from adasd_jax import models
 tok = models.load_tokenizer({str(smollm2_gguf)!r})
 assert "torch" not in sys.modules, "torch was imported"
 print(tok("Hello")["input_ids"])

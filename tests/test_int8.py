@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import adasd_jax
-import models
+from adasd_jax import models
 from adasd_jax import cli, engine
 from adasd_jax.engine import Model, Pair
 from conftest import make_tiny_pair
-from models import quant
+from adasd_jax.models import quant
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW = 20
@@ -121,7 +121,7 @@ def test_int8_forward_is_close_to_float32_on_real_smollm2(smollm2_gguf, kernel):
     0.922; w8a16 here KL 0.011, top-1 0.91)."""
     from transformers import AutoTokenizer
 
-    from models import smooth
+    from adasd_jax.models import smooth
 
     c, p32, _ = models.load(smollm2_gguf, "float32", tokenizer=False)
     qc, pq, _ = models.load(smollm2_gguf, "float32", tokenizer=False, quantize="int8")
@@ -144,7 +144,7 @@ def test_int8_forward_is_close_to_float32_on_real_smollm2(smollm2_gguf, kernel):
 def test_smoothing_keeps_the_float_model_s_function(hf_models, family):
     """Smoothing divides activations and multiplies weight columns by the same factors (folded into the norms,
     wv and bv, w_up): the float model's logits stay within float32 rounding, while the weights do change."""
-    from models import smooth
+    from adasd_jax.models import smooth
 
     c, p32, _ = models.load(hf_models[family], "float32", tokenizer=False)
     host = jax.tree.map(np.asarray, p32)
@@ -258,7 +258,7 @@ def test_default_pair_is_converted_per_quantization(monkeypatch, tmp_path, hf_mo
     monkeypatch.setattr(fetch, "fetch", lambda artifact: calls.append(artifact) or hf_models["qwen2-tied"])
     path = Path(engine._resolve_default("target", "bfloat16", "int8"))
     assert path.name == "qwen2.5-coder-1.5b-instruct-int8-bfloat16" and len(calls) == 1
-    from models.load import orbax_io
+    from adasd_jax.models.load import orbax_io
 
     assert orbax_io.damage(path) is None
     assert models.load(path, None, tokenizer=False)[0].quantize == "int8"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import models
+from adasd_jax import models
 from conftest import FAMILIES, flip_a_bit, make_hf_model
 
 fwd = jax.jit(models.forward, static_argnums=1)
@@ -57,7 +57,7 @@ def test_a_sharded_load_reads_each_shard_from_a_memory_map(tmp_path, monkeypatch
     alone (no host copy of the whole model per host), and the values are those of a plain load."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from models.load import safetensors
+    from adasd_jax.models.load import safetensors
 
     d = make_hf_model(tmp_path / stored, "qwen2", dtype=stored)
     read, real = [], safetensors.load
@@ -308,7 +308,8 @@ def test_bf16_embedding_is_not_copied_to_f32(hf_models):
     from adasd_jax.policies import Method
 
     c, params, _ = models.load(hf_models["llama"], "bfloat16")
-    lc = loop.LoopConfig(target=c, draft=c, method=Method.parse("sd:K=4"), max_new_tokens=8, vocab=c.vocab_size)
+    d = models.Decoder(c)
+    lc = loop.LoopConfig(target=d, draft=d, method=Method.parse("sd:K=4"), max_new_tokens=8, vocab=c.vocab_size)
     fn = jax.jit(loop.generate, static_argnums=(2, 5))
     hlo = fn.lower(params, params, lc, jnp.ones((1, 8), jnp.int32), jnp.array([5]), 24,
                    loop.init_method_state(lc.method, 1), jax.random.key(0)).compile().as_text()

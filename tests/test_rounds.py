@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 import adasd_jax
-import models
+from adasd_jax import models
 from adasd_jax import Method, policies
 from adasd_jax.loop import verify_widths
 

@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType
 from jax.sharding import PartitionSpec as P
 
-import models
+from adasd_jax import models
 from adasd_jax import cli, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,8 @@ def test_default_pair_on_model_4_replicates_kv_heads():
     c = models.Config(model_type="qwen2", vocab_size=151936, hidden_size=1536, num_layers=1, num_heads=12,
                       num_kv_heads=2, head_dim=128, intermediate_size=8960, qkv_bias=True)
     lay = abstract(2, 4)
-    specs = {k: lay.spec(s.axes, s.shape, sharding.head_counts(c)) for k, s in models.param_specs(c)["layers"][0].items()}
+    counts = sharding.head_counts(models.Decoder(c))
+    specs = {k: lay.spec(s.axes, s.shape, counts) for k, s in models.param_specs(c)["layers"][0].items()}
     assert specs["wq"] == P("model", None) and specs["bq"] == P("model") and specs["wo"] == P(None, "model")
     assert specs["wk"] == specs["wv"] == P(None, None) and specs["bk"] == P(None)
     assert specs["w_gate"] == P("model", None) and specs["w_down"] == P(None, "model")

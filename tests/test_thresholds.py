@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-import models
+from adasd_jax import models
 from adasd_jax import Method, policies
 from adasd_jax.loop import LoopConfig, accept_row
 from adasd_jax.state import ThresholdState
@@ -67,7 +67,7 @@ def test_round_statistics_match_reference(stats_on, count_declined, t_g_rule):
     m = Method("adasd", k_max=K, stats_on=stats_on, count_declined=count_declined, t_g_rule=t_g_rule)
     c = models.Config(model_type="llama", vocab_size=V, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
                       head_dim=8, intermediate_size=8)
-    lc = LoopConfig(target=c, draft=c, method=m, vocab=V)
+    lc = LoopConfig(target=models.Decoder(c), draft=models.Decoder(c), method=m, vocab=V)
     row = jax.jit(functools.partial(accept_row, lc))
     rng = np.random.default_rng(0)
     state = ThresholdState.init()
@@ -110,7 +110,7 @@ def test_sampled_round_statistics_match_reference(stats_on, count_declined):
     c = models.Config(model_type="llama", vocab_size=V, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
                       head_dim=8, intermediate_size=8)
     s = Sampling(temperature=T)
-    lc = LoopConfig(target=c, draft=c, method=m, vocab=V, sampling=s)
+    lc = LoopConfig(target=models.Decoder(c), draft=models.Decoder(c), method=m, vocab=V, sampling=s)
     row = jax.jit(functools.partial(accept_row, lc))
     rng = np.random.default_rng(2)
     sums = {"A": [], "R": [], "E": []}

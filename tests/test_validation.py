@@ -35,7 +35,7 @@ def refused(capsys, *argv) -> str:
 @pytest.fixture
 def no_model(monkeypatch):
     """Any model load fails the test: these refusals must come first."""
-    import models
+    from adasd_jax import models
 
     def load(*a, **kw):
         pytest.fail("a model was loaded before the input was refused")
@@ -224,7 +224,7 @@ def test_a_truncated_gguf_says_so(tmp_path):
     import gguf
     import numpy as np
 
-    import models
+    from adasd_jax import models
 
     path = tmp_path / "m.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
@@ -282,7 +282,7 @@ def test_convert_overwrite_replaces_in_one_step_and_sweeps_stale_temps(capsys, t
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_convert_leaves_nothing(capsys, tiny_hf, tmp_path, monkeypatch, sig):
     """The signal arrives while Orbax is writing: the write finishes, the temp directory goes, one clean line."""
-    from models.load import orbax_io
+    from adasd_jax.models.load import orbax_io
 
     real = orbax_io.manifest
 
@@ -301,7 +301,7 @@ def test_a_ctrl_c_that_python_swallows_still_stops_convert_before_it_writes(caps
     place): convert must still stop before writing, without printing that traceback."""
     import time
 
-    import models
+    from adasd_jax import models
 
     real = models.load
 
@@ -321,7 +321,7 @@ def test_a_ctrl_c_that_python_swallows_still_stops_convert_before_it_writes(caps
 
 
 def test_models_save_refuses_to_replace_unless_asked(tmp_path, tiny_pair):
-    import models
+    from adasd_jax import models
 
     t = tiny_pair.target
     (tmp_path / "mine").mkdir()
@@ -367,7 +367,7 @@ def test_distill_refuses_a_bad_init_first_and_a_failed_start_blocks_nothing(caps
         capsys, *_distill_args(tmp_path, "--init", "layers:x", "--out", tmp_path / "d"))
     assert not (tmp_path / "d.train").exists() and not (tmp_path / "d").exists()
     # a run that stopped before training (here: its target failed to load) leaves settings that do not block another
-    import models
+    from adasd_jax import models
 
     monkeypatch.setattr(models, "load", lambda *a, **kw: (_ for _ in ()).throw(FileNotFoundError("no target")))
     assert "no target" in refused(capsys, *_distill_args(tmp_path, "--init", "layers:2", "--out", tmp_path / "d"))

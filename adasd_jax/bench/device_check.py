@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    import models
+    from adasd_jax import models
     from adasd_jax import engine
     from adasd_jax.bench.roofline import DRAFT, TARGET
 

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import quant
-from models.transformer import linear
+from adasd_jax.models import quant
+from adasd_jax.models.transformer import linear
 
 D, F, Q, KV, V = 1536, 8960, 1536, 256, 151936  # Qwen2.5-1.5B: hidden, FFN, 12x128 query, 2x128 KV, vocabulary
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
+from adasd_jax import models
 from adasd_jax.bench import datasets
-from models import quant
+from adasd_jax.models import quant
 
 
 def corpus_tokens(tok, texts: list[str], n: int) -> np.ndarray:

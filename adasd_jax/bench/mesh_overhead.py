@@ -20,7 +20,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import jax  # noqa: E402
 
-import models  # noqa: E402
+from adasd_jax import models  # noqa: E402
 from adasd_jax import engine, sharding  # noqa: E402
 
 PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

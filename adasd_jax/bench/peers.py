@@ -70,7 +70,7 @@ def _load(src: str, dtype: str, gguf: str = "dequantize"):
 
 def first_layers(model, n: int):
     """The transformers model cut to its first n decoder layers (final norm and head kept), in place."""
-    from models import check_layers_kept
+    from adasd_jax.models import check_layers_kept
 
     layers = model.model.layers
     check_layers_kept(n, len(layers), f"draft_layers={n}")

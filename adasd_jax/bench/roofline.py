@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
+from adasd_jax import models
 
 TARGET = models.Config(model_type="qwen2", vocab_size=151936, hidden_size=1536, num_layers=28, num_heads=12,
                        num_kv_heads=2, head_dim=128, intermediate_size=8960, rope_theta=1e6, qkv_bias=True,

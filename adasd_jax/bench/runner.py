@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
+from adasd_jax import models
 from adasd_jax import engine, sharding, validate
 from adasd_jax.bench import datasets, execution, peers, report
 from adasd_jax.cli import (add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, add_quantize_args, mesh_kwargs,
                            quantize_kwargs)
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
-from models.load import orbax_io
+from adasd_jax.models.load import orbax_io
 
 DEFAULT_METHODS = "ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:stop=cost"
 # AdaSD's components apart (docs/algorithm.md): sd:K=16 is adasd with both switches off (K_max = 16).

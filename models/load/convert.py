@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from models.config import Config
+from ..config import Config
 
 # our per-layer name -> HF name inside model.layers.{i}.
 _LAYER = {
@@ -35,7 +35,7 @@ class CheckpointError(ValueError):
 def hf_to_params(c: Config, get: Callable[[str], np.ndarray], names: set[str], dtype, progress: bool = False) -> dict:
     """Build our tree from HF-named tensors. `get(name)` returns a numpy array in HF's layout; `dtype` None keeps
     each as `get` returns it (a memory map stays one)."""
-    from models.transformer import param_specs  # local: transformer imports nothing from load
+    from ..transformer import param_specs  # local: transformer imports nothing from load
 
     def fetch(name: str) -> np.ndarray:
         if name not in names:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import Config, ConfigError
-from models.load.convert import CheckpointError, hf_to_params
+from ..config import Config, ConfigError
+from .convert import CheckpointError, hf_to_params
 
 _ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 

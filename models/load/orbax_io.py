@@ -22,8 +22,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from models.config import Config
-from models.load.convert import CheckpointError
+from ..config import Config
+from .convert import CheckpointError
 
 MARKER = "adasd_model.json"  # config + format version; its presence identifies the format
 FORMAT_VERSION = 2  # 2: per-layer parameter trees, [out, in] matrices
@@ -202,7 +202,7 @@ def load(path: Path, dtype=None, shardings=None, sha256: Callable[[Path], str] |
     the config returning one) placed directly; int8 matrices keep their int8 values and float32 scales. Every file is first checked against the marker's sha256 (Orbax
     itself restores a flipped bit silently); `sha256` may be a stamped hasher that skips unchanged files."""
     import orbax.checkpoint as ocp
-    from models.transformer import is_spec, param_specs
+    from ..transformer import is_spec, param_specs
 
     c, meta = load_config(path)
     problem = _files_damage(path, meta.get("files", {}), sha256 or _sha256)  # none listed: an older conversion

@@ -9,8 +9,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
-from models.config import Config, from_hf
-from models.load.convert import CheckpointError, hf_to_params
+from ..config import Config, from_hf
+from .convert import CheckpointError, hf_to_params
 
 
 DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}  # safetensors' numpy API lacks BF16
