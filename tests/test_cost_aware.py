@@ -287,6 +287,6 @@ def test_switch_refusals():
     for bad, match in (("adasd:stop=costs", "stop='costs' is not entropy or cost"),
                        ("sd:stop=cost", "stop applies to adasd, not sd"),
                        ("adasd:stop=cost,propose_declined=1", "does not combine"),
-                       ("adasd:bins=1", "bins=1 is not an integer from 2 to 1024")):
+                       ("adasd:bins=1", "bins='1' is not an integer from 2 to 1024")):
         with pytest.raises(ValueError, match=match):
             Method.parse(bad)
