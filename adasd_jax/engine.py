@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 import types
@@ -348,18 +347,18 @@ def _compiled(pair: Pair, lc: loop.LoopConfig, batch: int, width: int, max_len: 
 
 # ---------------------------------------------------------------- the cost table (stop="cost")
 
-def _fastest_s(calls: list, repeats: int) -> list[float]:
-    """The fastest of `repeats` timings of each call, taken in turns (after one warm-up call each, which compiles):
-    other load on the machine only ever adds time, and taking turns spreads its drift over every call alike."""
+def _timings(calls: list, repeats: int) -> list[list[float]]:
+    """`repeats` timings of each call, taken in turns after one warm-up call each (which compiles), so that drift of
+    the machine's other load spreads over every call alike."""
     for call in calls:
         jax.block_until_ready(call())
-    best = [math.inf] * len(calls)
+    times = [[] for _ in calls]
     for _ in range(repeats):
         for i, call in enumerate(calls):
             t = time.perf_counter()
             jax.block_until_ready(call())
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
+            times[i].append(time.perf_counter() - t)
+    return times
 
 
 def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, repeats: int = 7) -> CostTable:
@@ -385,7 +384,8 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
     tcache, dcache = cache(lc.target, pt), cache(lc.draft, pair.draft.params)
     q_buf, keys, x = jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B), jnp.zeros((B,), int)
     calls = [functools.partial(verification, pt, tcache, jnp.full((B,), w, jnp.int32), q_buf, keys) for w in lc.widths]
-    *verify_s, draft_s = _fastest_s(calls + [functools.partial(draft_step, pd, x.astype(jnp.int32), dcache)], repeats)
+    *verify_s, draft_s = map(min, _timings(calls + [functools.partial(draft_step, pd, x.astype(jnp.int32), dcache)],
+                                           repeats))  # the fastest: other load only ever adds time
     verify_s = np.maximum.accumulate(verify_s)  # a wider verification does the narrower one's work and more
     return CostTable(draft=jnp.float32(draft_s / verify_s[0]), verify=jnp.asarray(verify_s / verify_s[0], jnp.float32))
 
@@ -599,7 +599,7 @@ def prefill_s(pair: Pair, prompts, method: str | Method = "ar", max_new_tokens: 
         lambda pt, pd, p, n, ms, k: loop.prefill(pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k).out))
     args = (pair.target.params, _draft_params(pair, lc.method), prompt, lengths,
             loop.init_method_state(lc.method, B), jax.random.key(0))
-    return _median_s(run, *args, repeats=repeats)
+    return float(np.median(_timings([functools.partial(run, *args)], repeats)[0]))
 
 
 class Stream:

@@ -515,9 +515,9 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     f = tmp_path / "part2" / "results.json"
     run = json.loads(f.read_text())
     settings = run["config"]["method_settings"]
-    assert all(", draft_vocab=0)" in t for t in settings.values())
-    for v, ok in (("", True), (", draft_vocab=32768", False)):
-        run["config"]["method_settings"] = {m: t.replace(", draft_vocab=0)", v + ")") for m, t in settings.items()}
+    assert all(t.endswith(", bins=32)") for t in settings.values())  # the newest switch, last
+    for v, ok in (("", True), (", bins=16", False)):
+        run["config"]["method_settings"] = {m: t.replace(", bins=32)", v + ")") for m, t in settings.items()}
         f.write_text(json.dumps(run))
         if ok:
             assert runner.merge([tmp_path / "part0", tmp_path / "part2"])[0]["problems"] == merged["config"]["problems"]
