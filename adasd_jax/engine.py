@@ -65,6 +65,7 @@ class Pair:
     states: dict[str, ThresholdState] = dataclasses.field(default_factory=dict)
     compiled: dict = dataclasses.field(default_factory=dict)  # (kind, batch, width, ...) -> executable, LRU order
     max_buckets: int = 0  # keep the executables of at most this many (batch, prompt width) buckets; 0: all
+    loop_options: dict = dataclasses.field(default_factory=dict)  # further LoopConfig fields, e.g. sequential_positions
     layout: sharding.Layout | None = None  # the mesh and table the parameters are placed on (None: one device)
     token_ranks: np.ndarray | None = None  # token ids, most frequent first: the subsets of `draft_vocab=N` methods
     cost_tables: dict = dataclasses.field(default_factory=dict)  # cost_table's key -> (CostTable, how it was made)
@@ -471,7 +472,7 @@ def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_
                          f"{type(pair.draft.decoder).__name__} lacks (adasd_jax.protocol): add it, or drop draft_vocab")
     lc = loop.LoopConfig(target=pair.target.decoder, draft=pair.draft.decoder if m.uses_draft else None, method=m,
                          sampling=Sampling(temperature, top_k, top_p), max_new_tokens=max_new_tokens,
-                         eos_ids=pair.eos_ids, vocab=pair.vocab, trace=trace, layout=pair.layout)
+                         eos_ids=pair.eos_ids, vocab=pair.vocab, trace=trace, layout=pair.layout, **pair.loop_options)
     limit = min(d.max_len for d in (lc.target, lc.draft) if d is not None)
     longest = max(map(len, ids))
     if longest + max_new_tokens + lc.k + 1 > limit:

@@ -44,6 +44,7 @@ class LoopConfig:
     vocab: int = 0  # shared vocabulary (logits beyond it are padding rows and are dropped)
     trace: bool = False
     layout: Any = None  # sharding.Layout: pins the loop state to a mesh (None: one device, no constraints)
+    sequential_positions: bool | None = None  # acceptance one position at a time (None: on XLA:CPU past 8; per_position)
 
     @property
     def k(self) -> int:
@@ -239,15 +240,11 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n, declined, q_buf, t_v, key
 
 # ---------------------------------------------------------------- accept (one row; vmapped)
 
-SEQUENTIAL_POSITIONS: bool | None = None  # None: on XLA:CPU, rounds of more than 8 positions go one at a time
-
-
-def per_position(f, *xs):
+def per_position(f, *xs, sequential: bool | None = None):
     """f over the leading (position) axis. At a 152k vocabulary a pass over all 17 positions of a wide round streams
     10 MB, which misses XLA:CPU's caches: there the round's divergences cost 20-29 ms at once against 10-12 ms a
     position at a time, while up to 8 positions cost the same either way (docs/results/engine/accept-width/). Accelerators
-    take every position in one kernel."""
-    sequential = SEQUENTIAL_POSITIONS
+    take every position in one kernel. `sequential` (LoopConfig.sequential_positions) forces either way."""
     if sequential is None:
         sequential = jax.default_backend() == "cpu" and xs[0].shape[0] > 8
     return jax.lax.map(lambda a: f(*a), xs) if sequential else jax.vmap(f)(*xs)
@@ -280,7 +277,8 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
         return js_distance(jax.nn.softmax(p_l), jax.nn.softmax(q_l)), entropy(q_l), strict_verdicts(s, p_l, q_l, x, u)
 
     u = jax.random.uniform(k_u, (lc.k,))[:K]
-    d, ent, strict = per_position(position, p_logits, q_logits, jnp.pad(props, (0, 1)), jnp.pad(u, (0, 1)))  # [K+1]
+    d, ent, strict = per_position(position, p_logits, q_logits, jnp.pad(props, (0, 1)), jnp.pad(u, (0, 1)),
+                                  sequential=lc.sequential_positions)  # [K+1]
     strict = strict[:K]  # the last position has no proposal
     valid = pos < n
     ok = policies.accept(m, strict, d[:K], t_v) & valid

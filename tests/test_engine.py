@@ -242,17 +242,16 @@ def _log_positions(jaxpr, vocab: int, scan_length: int | None = None) -> set[int
 
 
 @pytest.mark.parametrize("sequential", [True, False], ids=["by-position", "all-positions"])
-def test_divergences_follow_the_verified_width(tiny_pair, monkeypatch, sequential):
+def test_divergences_follow_the_verified_width(tiny_pair, sequential):
     """The JS distances and entropies of a round are taken over the w + 1 verified positions of its width branch,
     not over the whole K_max + 1 buffer: at the real vocabulary that is 5-6 ms for 8 positions against 20-29 ms for
     17 at once. Either way of taking them (a scan of w + 1 steps, or all w + 1 at once) follows the width."""
     from adasd_jax import loop
     from adasd_jax.divergence import Sampling
 
-    monkeypatch.setattr(loop, "SEQUENTIAL_POSITIONS", sequential)
     m = Method.parse("adasd")
     lc = loop.LoopConfig(target=tiny_pair.target.decoder, draft=tiny_pair.draft.decoder, method=m, sampling=Sampling(),
-                         max_new_tokens=8, eos_ids=(2,), vocab=tiny_pair.vocab)
+                         max_new_tokens=8, eos_ids=(2,), vocab=tiny_pair.vocab, sequential_positions=sequential)
     prompts, lengths = np.zeros((1, 8), np.int32), np.full((1,), 4, np.int32)
     closed = jax.make_jaxpr(lambda pt, pd, p, n, ms, k: loop.generate(pt, pd, lc, p, n, 32, ms, k))(
         tiny_pair.target.params, tiny_pair.draft.params, prompts, lengths, loop.init_method_state(m, 1),
@@ -261,13 +260,10 @@ def test_divergences_follow_the_verified_width(tiny_pair, monkeypatch, sequentia
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_divergences_by_position_equal_all_at_once(tiny_pair, prompts, monkeypatch, temperature):
-    from adasd_jax import loop
-
+def test_divergences_by_position_equal_all_at_once(tiny_pair, prompts, temperature):
     out = {}
     for sequential in (True, False):
-        monkeypatch.setattr(loop, "SEQUENTIAL_POSITIONS", sequential)
-        pair = dataclasses.replace(tiny_pair, compiled={}, states={})
+        pair = dataclasses.replace(tiny_pair, compiled={}, states={}, loop_options={"sequential_positions": sequential})
         out[sequential] = [adasd_jax.generate(pair, prompts, method=m, max_new_tokens=MAX_NEW, temperature=temperature,
                                               seed=3) for m in ("adasd", "sd:K=3")]
     for a, b in zip(out[True], out[False]):

@@ -30,8 +30,8 @@ import numpy as np
 from adasd_jax import models
 from adasd_jax import engine, sharding, validate
 from adasd_jax.bench import datasets, execution, peers, report
-from adasd_jax.cli import (add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, add_quantize_args, mesh_kwargs,
-                           quantize_kwargs)
+from adasd_jax.args import (add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, add_quantize_args, mesh_kwargs,
+                            quantize_kwargs)
 from adasd_jax.fetch import file_sha256
 from adasd_jax.policies import METHODS, Method
 from adasd_jax.models.load import orbax_io
