@@ -373,8 +373,8 @@ def sampled_marginals(method: str):
     return out.metrics, pvalues
 
 
-@pytest.mark.parametrize("method", ["sd:K=3", "sd:K=3,draft_vocab=5", "adasd:K=3,k_max=3,js_accept=0",
-                                    "adasd:K=3,k_max=3,js_accept=0,per_row=1", "adasd:k_max=3,js_accept=0,stop=cost"])
+@pytest.mark.parametrize("method", ["sd:K=3", "sd:K=3,draft_vocab=5", "adasd:k_max=3,js_accept=0",
+                                    "adasd:k_max=3,js_accept=0,per_row=1", "adasd:k_max=3,js_accept=0,stop=cost"])
 def test_sampled_exact_methods_follow_target_distribution(method):
     """Lossless speculative sampling: the second and third tokens' marginals equal the target's exactly, also when
     the draft scores only 5 of the 8 tokens (the residual then carries the other 3), and when AdaSD's entropy stop
@@ -391,7 +391,7 @@ def test_sampled_exact_methods_follow_target_distribution(method):
 def test_sampled_adasd_with_js_acceptance_is_lossy_and_the_test_sees_it():
     """The control for the test above: the spec's AdaSD accepts some refused samples (lossy) and its third token's
     marginal leaves the target's (p ~ 1e-10 here), so that test's bound can fail."""
-    metrics, pvalues = sampled_marginals("adasd:K=3,k_max=3")
+    metrics, pvalues = sampled_marginals("adasd:k_max=3")
     assert metrics["lossy"].sum() > 0 and min(pvalues) < 1e-6, pvalues
 
 
