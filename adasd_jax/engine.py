@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 import types
 import warnings
@@ -411,12 +410,10 @@ def _read_tables() -> dict:
 
 def _save_table(key: str, table: CostTable) -> None:
     """Add one table to the cache file: written to a temporary name, then renamed over it."""
+    from adasd_jax.bench.report import write_atomic
+
     tables = {**_read_tables(), key: {"draft": float(table.draft), "verify": np.asarray(table.verify).tolist()}}
-    path = _costs_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(tables, indent=1))
-    os.replace(tmp, path)
+    write_atomic(_costs_file(), json.dumps(tables, indent=1))
 
 
 def _cost_key(pair: Pair, lc: loop.LoopConfig, batch: int) -> str:
