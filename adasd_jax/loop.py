@@ -127,8 +127,9 @@ def draft_forward(pd, lc: LoopConfig, tokens, cache, num_new, logits_index=None)
     return full.at[..., pd["vocab_ids"]].set(sub), cache
 
 
-def per_row_rule(m: Method, f, t: ThresholdState, *xs):
-    """A rule of one row's threshold state over the batch: the row's own state when per_row, else the pooled one."""
+def per_row_rule(m: Method, f, t, *xs):
+    """A rule of one row's state (or what was derived from it) over the batch: the row's own when per_row, else the
+    pooled one."""
     return jax.vmap(f, in_axes=(0 if m.per_row else None,) + (0,) * len(xs))(t, *xs)
 
 
@@ -163,7 +164,9 @@ def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
     q0 = jnp.zeros((B, V), jnp.float32)
     if m.cost_aware:  # a round may skip the draft: its cache then lags, and catches up when drafting resumes
         v = policies.verify_cost(costs, lc.widths, K)
-        want = want & per_row_rule(m, lambda t, c: policies.start_drafting(t, costs, v, c), s.method.thresholds, cap)
+        t = s.method.thresholds
+        want = want & per_row_rule(m, lambda t, c: policies.start_drafting(t, costs, v, c), t, cap)
+        model = jax.vmap(policies.cost_model, (0, None))(t, costs) if m.per_row else policies.cost_model(t, costs)
 
         def feed_pending(cache):
             cache, pending, n_pend = catch_up(pd, lc, s.replace(draft_cache=cache), ~s.done)
@@ -182,8 +185,8 @@ def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
         h = entropy(c["q"])
         survival = c["survival"]
         if m.cost_aware:  # every wanting row sits at slot i: it has computed q_k, k = i + 1
-            rule = lambda t, surv, h, cap: policies.cost_step(t, costs, v, cap, m, V, surv, h, c["i"] + 1)
-            propose, go_on, survival = per_row_rule(m, rule, s.method.thresholds, survival, h, cap)
+            rule = lambda model, surv, h, cap: policies.cost_step(model, costs, v, cap, m, V, surv, h, c["i"] + 1)
+            propose, go_on, survival = per_row_rule(m, rule, model, survival, h, cap)
             stop, propose = c["want"] & ~propose, c["want"] & propose
             go_on = go_on & ~stop
         else:

@@ -212,12 +212,17 @@ def start_drafting(t: ThresholdState, costs: CostTable, v: jax.Array, cap) -> ja
     return lookahead_gain(1.0, 0, cap, abar, rate(t, costs), costs.draft, v) > 0
 
 
-def cost_step(t: ThresholdState, costs: CostTable, v: jax.Array, cap, m: Method, vocab: int, survival, h, k):
+def cost_model(t: ThresholdState, costs: CostTable) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What a round's decisions read from one state: (a per bin, abar, R); fixed for the round, so fit once."""
+    return (*acceptance(t), rate(t, costs))
+
+
+def cost_step(model, costs: CostTable, v: jax.Array, cap, m: Method, vocab: int, survival, h, k):
     """After the draft computed q_k (k >= 1, entropy h) with earlier proposals surviving with probability S:
-    (propose x_k, draft one more step, the survival S a(h) of x_k). Proposing counts the wider verification
-    against x_k's expected token plus the best continuation's gain; drafting on needs a continuation that pays."""
-    a_bins, abar = acceptance(t)
-    r = rate(t, costs)
+    (propose x_k, draft one more step, the survival S a(h) of x_k). `model` is `cost_model`'s. Proposing counts the
+    wider verification against x_k's expected token plus the best continuation's gain; drafting on needs a
+    continuation that pays."""
+    a_bins, abar, r = model
     s_k = survival * a_bins[entropy_bin(h, m.bins, vocab)]
     ahead = lookahead_gain(s_k, k, cap, abar, r, costs.draft, v)
     propose = s_k - r * (v[k] - v[k - 1]) + jnp.maximum(ahead, 0.0) > 0

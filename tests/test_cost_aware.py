@@ -108,7 +108,8 @@ def test_decisions_match_the_reference():
         if start:  # the loop's decisions, step by step
             S, steps = jnp.float32(1.0), 1
             for k in range(1, K + 1):
-                propose, go_on, S = policies.cost_step(t, costs, v, K, m, vocab, S, jnp.float32(ent[k - 1]), k)
+                propose, go_on, S = policies.cost_step(policies.cost_model(t, costs), costs, v, K, m, vocab, S,
+                                                       jnp.float32(ent[k - 1]), k)
                 if not propose:
                     declined = True
                     break

@@ -187,7 +187,8 @@ def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: 
     vk = policies.verify_cost(costs, widths, k_max)
     m = policies.Method("adasd", k_max=k_max, stop="cost", bins=bins, js_accept=False)
     start = jax.jit(lambda t: policies.start_drafting(t, costs, vk, k_max))
-    step = jax.jit(lambda t, surv, h, k: policies.cost_step(t, costs, vk, k_max, m, vocab, surv, h, k))
+    step = jax.jit(lambda t, surv, h, k: policies.cost_step(policies.cost_model(t, costs), costs, vk, k_max, m, vocab,
+                                                            surv, h, k))
     binned = jax.jit(lambda h: policies.entropy_bin(h, bins, vocab))
     t = ThresholdState.init((), bins)
     tokens = rounds = proposals = steps = 0
