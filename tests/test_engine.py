@@ -32,7 +32,9 @@ def test_lossless_methods_equal_ar_greedy(tiny_pair, prompts, ar_ref, method):
     assert all(len(t) == MAX_NEW for t in out.tokens)  # exactly max_new_tokens, no overshoot
     m = out.metrics
     assert m["lossy"].sum() == 0 and (m["strict"] >= m["accepted"]).all()
-    if not method.startswith("adaedl"):  # both paths are exercised
+    # both paths are exercised; stop=cost drafts only where its measured cost table says it pays, which on this
+    # dispatch-bound tiny pair may be never (test_cost_aware runs both paths with fixed tables)
+    if not method.startswith(("adaedl", "adasd:stop=cost")):
         assert 0 < m["accepted"].sum() < m["drafted"].sum()
 
 
