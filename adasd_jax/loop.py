@@ -84,7 +84,8 @@ def prefill(pt, pd, lc: LoopConfig, prompts, lengths, max_len: int, mstate: Meth
     if lc.trace:
         R, K1 = lc.max_new_tokens, lc.k + 1
         trace = Trace(draft_len=jnp.zeros((R, B), jnp.int32), accepted=jnp.zeros((R, B), jnp.int32),
-                      entropy=jnp.zeros((R, B, K1)), js=jnp.zeros((R, B, K1)), t_g=jnp.zeros((R, B)),
+                      entropy=jnp.zeros((R, B, K1)), signal=jnp.zeros((R, B, K1)), js=jnp.zeros((R, B, K1)),
+                      t_g=jnp.zeros((R, B)),
                       t_v=jnp.zeros((R, B)))
     s = LoopState(target_cache=tcache, draft_cache=dcache, last=y0,
                   pending=jnp.stack([y0, jnp.zeros_like(y0)], 1), n_pending=jnp.ones((B,), jnp.int32),
@@ -182,7 +183,7 @@ def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
                 props=jnp.zeros((B, K), jnp.int32), q_buf=jnp.zeros((B, K + 1, V), jnp.float32))
 
     def body(c):
-        h = entropy(c["q"])
+        h = policies.draft_signal(m, c["q"]) if m.cost_aware else entropy(c["q"])
         survival = c["survival"]
         if m.cost_aware:  # every wanting row sits at slot i: it has computed q_k, k = i + 1
             rule = lambda model, surv, h, cap: policies.cost_step(model, costs, v, cap, m, V, surv, h, c["i"] + 1)
@@ -235,7 +236,8 @@ def verify(pt, lc: LoopConfig, s: LoopState, props, n, declined, q_buf, t_v, key
             emitted, a, contrib, info = jax.vmap(functools.partial(accept_row, lc))(
                 p, q, props[:, :w], n, declined, t_v, keys)
             pad = lambda x: jnp.pad(x, ((0, 0), (0, K - w)))
-            return (pad(emitted), a, contrib, dict(info, d=pad(info["d"]), ent=pad(info["ent"]))), cache
+            return (pad(emitted), a, contrib, dict(info, d=pad(info["d"]), ent=pad(info["ent"]),
+                                                   sig=pad(info["sig"]))), cache
         return run
 
     return (*jax.lax.switch(index, [branch(w) for w in widths], s.target_cache), index)
@@ -277,11 +279,13 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
     pos = jnp.arange(K)
 
     def position(p_l, q_l, x, u):  # every pass over the vocabulary that a position needs
-        return js_distance(jax.nn.softmax(p_l), jax.nn.softmax(q_l)), entropy(q_l), strict_verdicts(s, p_l, q_l, x, u)
+        ent = entropy(q_l)
+        sig = policies.draft_signal(m, q_l) if m.cost_aware else ent
+        return js_distance(jax.nn.softmax(p_l), jax.nn.softmax(q_l)), ent, sig, strict_verdicts(s, p_l, q_l, x, u)
 
     u = jax.random.uniform(k_u, (lc.k,))[:K]
-    d, ent, strict = per_position(position, p_logits, q_logits, jnp.pad(props, (0, 1)), jnp.pad(u, (0, 1)),
-                                  sequential=lc.sequential_positions)  # [K+1]
+    d, ent, sig, strict = per_position(position, p_logits, q_logits, jnp.pad(props, (0, 1)), jnp.pad(u, (0, 1)),
+                                       sequential=lc.sequential_positions)  # [K+1]
     strict = strict[:K]  # the last position has no proposal
     valid = pos < n
     ok = policies.accept(m, strict, d[:K], t_v) & valid
@@ -308,10 +312,12 @@ def accept_row(lc: LoopConfig, p_logits, q_logits, props, n, declined, t_v, key)
         verdict_dec = final_dec = use_dec = jnp.zeros((), bool)
     contrib = policies.threshold_contribution(
         m, jnp.append(verdict, verdict_dec), jnp.concatenate([d[:K], d[n][None]]),
-        jnp.concatenate([ent[:K], ent[n][None]]), jnp.append(counted, use_dec), jnp.append(ok, final_dec), lc.vocab)
+        jnp.concatenate([ent[:K], ent[n][None]]), jnp.concatenate([sig[:K], sig[n][None]]),
+        jnp.append(counted, use_dec), jnp.append(ok, final_dec), lc.vocab)
     bad = jnp.isnan(p_logits[: K + 1]).any(-1) & (jnp.arange(K + 1) <= n)
     info = dict(strict=jnp.sum(strict & counted), lossy=jnp.sum(ok & ~strict & (pos < a)),
-                nan=bad.any() | (jnp.isnan(q_logits).any(-1) & (jnp.arange(K + 1) <= n)).any(), d=d, ent=ent)
+                nan=bad.any() | (jnp.isnan(q_logits).any(-1) & (jnp.arange(K + 1) <= n)).any(), d=d, ent=ent,
+                sig=sig)
     return emitted, a, contrib, info
 
 
@@ -375,7 +381,8 @@ def round_step(pt, pd, lc: LoopConfig, s: LoopState, costs: CostTable | None = N
     if trace is not None:
         at = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, s.step, 0)
         trace = Trace(draft_len=at(trace.draft_len, w(n)), accepted=at(trace.accepted, w(a)),
-                      entropy=at(trace.entropy, info["ent"]), js=at(trace.js, info["d"]),
+                      entropy=at(trace.entropy, info["ent"]), signal=at(trace.signal, info["sig"]),
+                      js=at(trace.js, info["d"]),
                       t_g=at(trace.t_g, jnp.broadcast_to(policies.t_g(m, thresholds), (B,))), t_v=at(trace.t_v, t_v))
     return _constrain(lc, LoopState(target_cache=tcache, draft_cache=dcache, last=jnp.where(live, y, s.last),
                                     pending=pending, n_pending=n_pend, out=out, done=done, method=mstate,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adasd_jax import validate
+from adasd_jax.divergence import entropy
 from adasd_jax.state import CostTable, MethodState, ThresholdState
 from adasd_jax.validate import DEFAULT_METHOD, METHODS  # noqa: F401 (DEFAULT_METHOD: part of this module's API)
 
@@ -36,7 +37,8 @@ class Method:
     per_row: bool = False  # adasd: one threshold state per row instead of pooled over the batch
     draft_vocab: int = 0  # any drafting method: the draft scores only the pair's N most frequent tokens (0: all)
     stop: str = "entropy"  # adasd: "entropy" (the paper's T_G) or "cost" (the cost-aware stop, not the paper)
-    bins: int = 32  # adasd stop=cost: entropy bins of the acceptance model (a representation, not a knob)
+    bins: int = 32  # adasd stop=cost: signal bins of the acceptance model (a representation, not a knob)
+    signal: str = "top1"  # adasd stop=cost: what the acceptance model bins, the draft's top-1 surprisal or its entropy
 
     def __post_init__(self):
         fields = dataclasses.fields(self)
@@ -45,6 +47,9 @@ class Method:
         if self.stop == "cost" and (self.propose_declined or not self.entropy_stop):
             raise validate.InputError("stop=cost decides proposing itself: it does not combine with propose_declined "
                                       "or entropy_stop=0")
+        if self.stop != "cost" and self.signal != "top1":
+            raise validate.InputError(f"signal={self.signal} is read by the cost-aware stop only: add stop=cost, or "
+                                      "drop signal (the paper's rule stops on the entropy)")
 
     @classmethod
     def parse(cls, spec: str) -> "Method":
@@ -115,14 +120,15 @@ def residual_on_reject(m: Method) -> bool:
     return m.name != "fsd"
 
 
-def threshold_contribution(m: Method, verdict: jax.Array, d: jax.Array, ent: jax.Array, counted: jax.Array,
-                           emitted: jax.Array, vocab: int) -> ThresholdState:
+def threshold_contribution(m: Method, verdict: jax.Array, d: jax.Array, ent: jax.Array, sig: jax.Array,
+                           counted: jax.Array, emitted: jax.Array, vocab: int) -> ThresholdState:
     """One row's statistics from its verdicts at the `counted` positions (arrays over positions): T_G's and T_V's
-    sums by `verdict`, and the acceptance model's counts per entropy bin by `emitted` (the round's own verdict)."""
+    sums by `verdict`, and the acceptance model's counts per bin of the draft signal `sig` by `emitted` (the round's
+    own verdict)."""
     good, bad = counted & verdict, counted & ~verdict
     f = lambda x, w: jnp.sum(jnp.where(w, x, 0.0))
     n = lambda w: w.sum().astype(jnp.int32)
-    onehot = jax.nn.one_hot(entropy_bin(ent, m.bins, vocab), m.bins) * counted[:, None]
+    onehot = jax.nn.one_hot(signal_bin(sig, m.bins, vocab), m.bins) * counted[:, None]
     return ThresholdState(acc_n=n(good), acc_sum=f(d, good), acc_ent_sum=f(ent, good),
                           rej_n=n(bad), rej_sum=f(d, bad), rej_ent_sum=f(ent, bad),
                           bin_n=onehot.sum(0), bin_acc=(onehot * emitted[:, None]).sum(0),
@@ -159,31 +165,61 @@ def update(m: Method, s: MethodState, contrib: ThresholdState, proposed: jax.Arr
 # tokens beat what their cost would earn at the rate R already achieved. Costs come from the measured table; the
 # acceptance a(h) is learned online per entropy bin and forced non-increasing in h. Nothing here is set by hand.
 
-def entropy_bin(h: jax.Array, bins: int, vocab: int) -> jax.Array:
-    """Bin of draft entropy h (nats) on a grid dense near 0, where most tokens sit: edges log(V) (i / N)^2."""
+def draft_signal(m: Method, logits: jax.Array) -> jax.Array:
+    """What the acceptance model reads of a draft distribution, in nats over the last axis: the top-1 surprisal
+    -log max q (signal="top1"; how sure the draft is of the token it proposes, which predicts the verdict better
+    than the entropy on the built-in pair, docs/results/cost-aware/) or the entropy H(q) (signal="entropy")."""
+    if m.signal == "top1":
+        logits = logits.astype(jnp.float32)
+        return jax.nn.logsumexp(logits, axis=-1) - jnp.max(logits, axis=-1)
+    return entropy(logits)
+
+
+def signal_bin(h: jax.Array, bins: int, vocab: int) -> jax.Array:
+    """Bin of a draft signal h (nats, in [0, log V]) on a grid dense near 0, where most tokens sit: edges
+    log(V) (i / N)^2."""
     h_max = float(np.log(max(vocab, 2)))
     return jnp.clip(jnp.floor(bins * jnp.sqrt(jnp.clip(h, 0.0, h_max) / h_max)), 0, bins - 1).astype(jnp.int32)
 
 
 def non_increasing_fit(y: jax.Array, w: jax.Array) -> jax.Array:
-    """Weighted least-squares fit of y [N] non-increasing in the index (what pooling adjacent violators gives),
-    by the min-max formula f_i = min_{j<=i} max_{k>=i} mean_w(y[j..k]): exact, and O(N^2) for a few dozen bins."""
+    """Weighted least-squares fit of y [N] non-increasing in the index (what pooling adjacent violators gives)."""
     cw, cy = jnp.concatenate([jnp.zeros(1), jnp.cumsum(w)]), jnp.concatenate([jnp.zeros(1), jnp.cumsum(w * y)])
-    mean = (cy[None, 1:] - cy[:-1, None]) / (cw[None, 1:] - cw[:-1, None])  # [j, k]: mean of y[j..k] (k >= j)
-    j, k = jnp.arange(y.shape[0])[:, None], jnp.arange(y.shape[0])[None, :]
+    return min_max_fit((cy[None, 1:] - cy[:-1, None]) / (cw[None, 1:] - cw[:-1, None]))
+
+
+def min_max_fit(mean: jax.Array) -> jax.Array:
+    """The non-increasing least-squares fit from mean[j, k], the weighted mean of bins j..k (k >= j), by the min-max
+    formula f_i = min_{j<=i} max_{k>=i} mean[j, k]: exact, and O(N^2) for a few dozen bins."""
+    n = mean.shape[0]
+    j, k = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
     upper = jnp.where(k >= j, mean, -jnp.inf)
-    best_k = jax.lax.cummax(upper[:, ::-1], axis=1)[:, ::-1]  # [j, i]: max over k >= i of mean(y[j..k])
+    best_k = jax.lax.cummax(upper[:, ::-1], axis=1)[:, ::-1]  # [j, i]: max over k >= i of mean[j, k]
     return jnp.min(jnp.where(j <= k, best_k, jnp.inf), axis=0)  # [i]: min over j <= i
 
 
 def acceptance(t: ThresholdState) -> tuple[jax.Array, jax.Array]:
-    """One state's acceptance model: (a per entropy bin [N], the pooled mean abar []). abar starts from one accepted
-    pseudo-verdict (optimistic: a draft never tried is tried, so that the model learns; a uniform prior's 0.5 kept a
-    0.5B draft costing 0.45 of a step from ever drafting); each bin is shrunk toward abar by one pseudo-verdict
-    (unseen bins start at the pool's mean), then fit non-increasing in entropy with the bins' counts as weights."""
+    """One state's acceptance model: (a per signal bin [N], the pooled mean abar []).
+
+    abar starts from one accepted pseudo-verdict (optimistic: a draft never tried is tried, so that the model
+    learns; a uniform prior's 0.5 kept a 0.5B draft costing 0.45 of a step from ever drafting). The bins share one
+    more pseudo-verdict at abar, 1/N each, and are fit non-increasing in the signal with their counts as weights:
+    close to the maximum-likelihood monotone curve once a bin has a verdict (a whole pseudo-verdict per bin pulled
+    the sparse high-signal bins up to the optimistic pool mean and kept long drafts going), abar where none has."""
     abar = (t.bin_acc.sum() + 1.0) / (t.bin_n.sum() + 1.0)
-    w = t.bin_n + 1.0
-    return non_increasing_fit((t.bin_acc + abar) / w, w), abar
+    return fit_counts(t.bin_acc, t.bin_n, abar), abar
+
+
+def fit_counts(acc: jax.Array, n: jax.Array, prior: jax.Array) -> jax.Array:
+    """min_max_fit of acc / n per bin [N], each bin holding 1/N pseudo-verdict at `prior`. Range sums come from
+    cumulative counts, which are whole numbers and so exact in f32 (a cumulative sum of the pseudo-weights would
+    lose them next to thousands of verdicts)."""
+    N = n.shape[-1]
+    c = lambda x: jnp.concatenate([jnp.zeros(1), jnp.cumsum(x)])
+    ca, cn = c(acc), c(n)
+    j, k = jnp.arange(N)[:, None], jnp.arange(N)[None, :]
+    size = (k - j + 1).astype(jnp.float32) / N  # pseudo-verdicts in bins j..k
+    return min_max_fit((ca[None, 1:] - ca[:-1, None] + size * prior) / (cn[None, 1:] - cn[:-1, None] + size))
 
 
 def rate(t: ThresholdState, costs: CostTable) -> jax.Array:
@@ -218,12 +254,12 @@ def cost_model(t: ThresholdState, costs: CostTable) -> tuple[jax.Array, jax.Arra
 
 
 def cost_step(model, costs: CostTable, v: jax.Array, cap, m: Method, vocab: int, survival, h, k):
-    """After the draft computed q_k (k >= 1, entropy h) with earlier proposals surviving with probability S:
+    """After the draft computed q_k (k >= 1, draft signal h) with earlier proposals surviving with probability S:
     (propose x_k, draft one more step, the survival S a(h) of x_k). `model` is `cost_model`'s. Proposing counts the
     wider verification against x_k's expected token plus the best continuation's gain; drafting on needs a
     continuation that pays."""
     a_bins, abar, r = model
-    s_k = survival * a_bins[entropy_bin(h, m.bins, vocab)]
+    s_k = survival * a_bins[signal_bin(h, m.bins, vocab)]
     ahead = lookahead_gain(s_k, k, cap, abar, r, costs.draft, v)
     propose = s_k - r * (v[k] - v[k - 1]) + jnp.maximum(ahead, 0.0) > 0
     return propose, propose & (ahead > 0), s_k

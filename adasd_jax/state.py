@@ -114,6 +114,7 @@ class Trace:
     draft_len: jax.Array  # i32 [R, B]
     accepted: jax.Array  # i32 [R, B]
     entropy: jax.Array  # f32 [R, B, K+1]: H(q_i) for i = 1..n+1
+    signal: jax.Array  # f32 [R, B, K+1]: what the cost-aware stop's model read of q_i (policies.draft_signal)
     js: jax.Array  # f32 [R, B, K+1]: d(p_i, q_i)
     t_g: jax.Array  # f32 [R, B]: thresholds in force during the round
     t_v: jax.Array  # f32 [R, B]

@@ -32,6 +32,7 @@ OPTIONS = {
     "draft_vocab": ("int", DRAFTING, (0, None)),
     "stop": (("entropy", "cost"), ("adasd",), None),
     "bins": ("int", ("adasd",), (2, 1024)),
+    "signal": (("top1", "entropy"), ("adasd",), None),
 }
 
 

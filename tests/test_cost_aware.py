@@ -31,8 +31,8 @@ def ref_non_increasing(y, w):
 
 def ref_acceptance(bin_n, bin_acc):
     abar = (bin_acc.sum() + 1) / (bin_n.sum() + 1)
-    w = bin_n + 1
-    return ref_non_increasing((bin_acc + abar) / w, w), abar
+    w = bin_n + 1 / len(bin_n)  # one pseudo-verdict at abar shared by the bins
+    return ref_non_increasing((bin_acc + abar / len(bin_n)) / w, w), abar
 
 
 def ref_bin(h, bins, vocab):
@@ -88,6 +88,23 @@ def test_acceptance_model_is_the_monotone_fit_of_the_counts():
         assert (np.diff(np.asarray(a)) <= 1e-6).all()
     a, abar = policies.acceptance(ThresholdState.init((), 6))
     assert float(abar) == 1.0 and np.allclose(a, 1.0)  # nothing seen: optimistic, so that a new draft is tried
+    # thousands of verdicts beside empty bins: the pseudo-verdicts (1/N each) are not lost to f32 rounding
+    n, acc = np.asarray([9000, 0, 0, 3, 0, 40, 0, 0], np.float32), np.asarray([8990, 0, 0, 1, 0, 4, 0, 0], np.float32)
+    t = ThresholdState.init((), 8).replace(bin_n=jnp.asarray(n), bin_acc=jnp.asarray(acc))
+    a, abar = policies.acceptance(t)
+    ra, rabar = ref_acceptance(n.astype(np.float64), acc.astype(np.float64))
+    np.testing.assert_allclose(a, ra, rtol=1e-5)
+    assert ra[3] < 0.4  # one rejection weighs more than the shared prior: the curve follows the verdicts
+
+
+def test_draft_signal_is_the_top1_surprisal_or_the_entropy():
+    logits = jax.random.normal(jax.random.key(0), (5, 300)) * jnp.asarray([0.1, 1.0, 3.0, 8.0, 30.0])[:, None]
+    q = np.asarray(jax.nn.softmax(logits.astype(jnp.float64) if jax.config.x64_enabled else logits), np.float64)
+    top1 = policies.draft_signal(Method("adasd", stop="cost"), logits)
+    ent = policies.draft_signal(Method("adasd", stop="cost", signal="entropy"), logits)
+    np.testing.assert_allclose(top1, -np.log(q.max(-1)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ent, -(q * np.log(np.maximum(q, 1e-30))).sum(-1), rtol=1e-4, atol=1e-5)
+    assert (np.asarray(top1) <= np.asarray(ent) + 1e-5).all()  # min-entropy never exceeds the entropy
 
 
 def test_decisions_match_the_reference():
@@ -154,7 +171,7 @@ def run_rounds(pair, lc, prompts, costs, thresholds=None):
 def test_rounds_replayed_against_the_reference():
     """Each round of the real loop (tiny pair, two rows, pooled state): the proposals, the declined token and the
     draft steps equal the numpy rule's from the state before the round and the entropies the draft computed; the
-    state after adds exactly the round's verdicts per entropy bin, its tokens and its cost."""
+    state after adds exactly the round's verdicts per signal bin, its tokens and its cost."""
     pair, lc = tiny_lc("adasd:stop=cost,js_accept=0,bins=8")
     verify = np.asarray([1.0, 1.3, 1.6, 2.2], np.float32)  # widths (0, 1, 3, 6): steep, so proposals get declined
     costs = CostTable(draft=jnp.float32(0.1), verify=jnp.asarray(verify))
@@ -166,7 +183,8 @@ def test_rounds_replayed_against_the_reference():
         ref = RefRule(t, 0.1, verify, lc.widths, lc.k, lc.vocab)
         r = int(before.step)
         n, a = np.asarray(after.trace.draft_len[r]), np.asarray(after.trace.accepted[r])
-        ent = np.asarray(after.trace.entropy[r])
+        ent = np.asarray(after.trace.signal[r])  # the top-1 surprisal, at most the entropy
+        assert (ent <= np.asarray(after.trace.entropy[r]) + 1e-5).all() and (ent >= 0).all()
         dm = jax.tree.map(lambda x, y: np.asarray(y) - np.asarray(x), before.metrics, after.metrics)
         live = ~np.asarray(before.done)
         want_bins, known_acc = np.zeros(t.bins), np.zeros(t.bins)
@@ -288,6 +306,8 @@ def test_switch_refusals():
     for bad, match in (("adasd:stop=costs", "stop='costs' is not entropy or cost"),
                        ("sd:stop=cost", "stop applies to adasd, not sd"),
                        ("adasd:stop=cost,propose_declined=1", "does not combine"),
-                       ("adasd:bins=1", "bins='1' is not an integer from 2 to 1024")):
+                       ("adasd:bins=1", "bins='1' is not an integer from 2 to 1024"),
+                       ("adasd:stop=cost,signal=margin", "signal='margin' is not top1 or entropy"),
+                       ("adasd:signal=entropy", "read by the cost-aware stop only: add stop=cost")):
         with pytest.raises(ValueError, match=match):
             Method.parse(bad)

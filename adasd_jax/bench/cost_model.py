@@ -78,7 +78,7 @@ def load(path: str) -> list[dict[str, np.ndarray]]:
     if n == 0:
         raise ValueError(f"{path} has no d0, e0, match0 arrays: the cost model reads d{{i}}, e{{i}}, match{{i}} "
                          "(and a{i} to sample) for each problem i")
-    return [{key: z[f"{key}{i}"] for key in ("match", "d", "e", "a") if f"{key}{i}" in z.files} for i in range(n)]
+    return [{key: z[f"{key}{i}"] for key in ("match", "d", "e", "a", "t") if f"{key}{i}" in z.files} for i in range(n)]
 
 
 def best_k(alpha: float, c: Costs) -> int:
@@ -104,13 +104,15 @@ def thresholds(acc_d, rej_d, rej_e, acc_e=(0.0, 0), t_g_rule: str = "mean") -> t
 
 def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: bool = True,
            sampling: bool = False, seed: int = 0, k_max: int = K_MAX, propose_declined: bool = False,
-           t_g_rule: str = "mean", t_g: float | None = None, js_accept: bool = True) -> Replay:
+           t_g_rule: str = "mean", t_g: float | None = None, js_accept: bool = True,
+           signal: str | None = None) -> Replay:
     """One policy over every problem in order, the AdaSD threshold state carried across problems (pooled sums).
     `propose_declined`: the token the entropy check stopped at is proposed too (its draft step is paid anyway).
     `t_g_rule`: see `thresholds`. `t_g`: a fixed generation threshold instead of the adaptive one (a sweep of it
-    bounds what any constant entropy stop can do). `js_accept=False`: strict verdicts only (lossless)."""
+    bounds what any constant entropy stop can do). `js_accept=False`: strict verdicts only (lossless). `signal`: the
+    cost-aware stop's (replay_cost_aware)."""
     if policy in ("adasd:stop=cost", "oracle"):
-        return replay_cost_aware(seqs, c, k_max, sampling, seed, oracle=policy == "oracle")
+        return replay_cost_aware(seqs, c, k_max, sampling, seed, oracle=policy == "oracle", signal=signal)
     rng = np.random.default_rng(seed)
     adaptive = policy in ("adasd", "adasd+cap")
     acc_d, rej_d, rej_e, acc_e = [0.0, 0], [0.0, 0], [0.0, 0], [0.0, 0]  # sums, counts: JS and entropy by verdict
@@ -169,10 +171,12 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
 
 
 def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: bool = False, seed: int = 0,
-                      oracle: bool = False, bins: int = 32, vocab: int = 151936) -> Replay:
+                      oracle: bool = False, bins: int = 32, vocab: int = 151936, signal: str | None = None) -> Replay:
     """The cost-aware stop (adasd:stop=cost, strict verdicts) replayed with the engine's own rule functions over the
     positions, the state carried across problems; or, with `oracle`, the bound of a rule that knows where each
-    round's first rejection falls and drafts the count that maximises that round's tokens per unit of cost."""
+    round's first rejection falls and drafts the count that maximises that round's tokens per unit of cost.
+    `signal`: what the model bins, "top1" (-log of the draft's top-1 probability, arrays t{i}) or "entropy" (e{i});
+    by default top1 where the statistics hold it."""
     import jax
     import jax.numpy as jnp
 
@@ -185,16 +189,18 @@ def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: 
     widths = verify_widths(k_max)
     costs = CostTable(draft=jnp.float32(c.draft_ms / unit), verify=jnp.asarray([v[w] for w in widths]))
     vk = policies.verify_cost(costs, widths, k_max)
-    m = policies.Method("adasd", k_max=k_max, stop="cost", bins=bins, js_accept=False)
+    signal = signal or ("top1" if all("t" in s for s in seqs) else "entropy")
+    m = policies.Method("adasd", k_max=k_max, stop="cost", bins=bins, js_accept=False, signal=signal)
+    feature = lambda s: s["e"] if signal == "entropy" else -np.log(np.clip(s["t"], 1e-30, 1.0))
     start = jax.jit(lambda t: policies.start_drafting(t, costs, vk, k_max))
     step = jax.jit(lambda t, surv, h, k: policies.cost_step(policies.cost_model(t, costs), costs, vk, k_max, m, vocab,
                                                             surv, h, k))
-    binned = jax.jit(lambda h: policies.entropy_bin(h, bins, vocab))
+    binned = jax.jit(lambda h: policies.signal_bin(h, bins, vocab))
     t = ThresholdState.init((), bins)
     tokens = rounds = proposals = steps = 0
     seconds = 0.0
     for s in seqs:
-        n, i = len(s["d"]), 0
+        n, i, h = len(s["d"]), 0, feature(s)
         ok = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
         while i < n:
             k, round_steps, declined = 0, 0, None
@@ -206,7 +212,7 @@ def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: 
                 surv = jnp.float32(1.0)
                 while i + k < n:
                     round_steps += 1
-                    propose, go_on, surv = step(t, surv, jnp.float32(s["e"][i + k]), k + 1)
+                    propose, go_on, surv = step(t, surv, jnp.float32(h[i + k]), k + 1)
                     if not bool(propose):
                         declined = i + k
                         break
@@ -216,7 +222,7 @@ def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: 
             accepted = next((j for j in range(k) if not ok[i + j]), k)
             seen = list(range(i, i + min(accepted + 1, k))) + ([declined] if declined is not None and accepted == k
                                                                else [])
-            b = np.asarray(binned(jnp.asarray([s["e"][j] for j in seen], jnp.float32))) if seen else []
+            b = np.asarray(binned(jnp.asarray([h[j] for j in seen], jnp.float32))) if seen else []
             cost = round_steps * float(costs.draft) + v[k]
             t = t.replace(bin_n=t.bin_n + np.bincount(b, minlength=bins),
                           bin_acc=t.bin_acc + np.bincount(b, weights=[ok[j] for j in seen], minlength=bins),
@@ -239,6 +245,7 @@ POLICIES = [("sd:K=1", "sd", {"k": 1}), ("sd:K=2", "sd", {"k": 2}), ("sd:K=3", "
             ("adasd:t_g_rule=midpoint", "adasd", {"t_g_rule": "midpoint"}),
             ("adasd:t_g_rule=midpoint,propose_declined=1", "adasd", {"t_g_rule": "midpoint", "propose_declined": True}),
             ("sd:K=6", "sd", {"k": 6}), ("adasd:stop=cost", "adasd:stop=cost", {}),
+            ("adasd:stop=cost,signal=entropy", "adasd:stop=cost", {"signal": "entropy"}),
             ("oracle (knows the first rejection)", "oracle", {})]
 
 
