@@ -163,7 +163,8 @@ def update(m: Method, s: MethodState, contrib: ThresholdState, proposed: jax.Arr
 # ---------------------------------------------------------------- the cost-aware stop (stop="cost"; not the paper)
 # Dinkelbach's rule for the most tokens per unit of cost over rounds: draft and propose while the expected extra
 # tokens beat what their cost would earn at the rate R already achieved. Costs come from the measured table; the
-# acceptance a(h) is learned online per entropy bin and forced non-increasing in h. Nothing here is set by hand.
+# acceptance a(h) is learned online per bin of the draft signal h (its top-1 surprisal by default) and forced
+# non-increasing in h. Nothing here is set by hand.
 
 def draft_signal(m: Method, logits: jax.Array) -> jax.Array:
     """What the acceptance model reads of a draft distribution, in nats over the last axis: the top-1 surprisal

@@ -28,7 +28,7 @@ class CostTable:
 class ThresholdState:
     """AdaSD's running means as (sum, count) pairs, and the cost-aware stop's acceptance model and rate.
 
-    Scalars are shape [] when pooled over rows, [B] when per_row; the entropy bins add a trailing axis [.., N].
+    Scalars are shape [] when pooled over rows, [B] when per_row; the signal bins add a trailing axis [.., N].
     """
 
     acc_n: jax.Array  # i32: accepted (strict) tokens
@@ -37,7 +37,7 @@ class ThresholdState:
     rej_n: jax.Array  # i32: rejected tokens
     rej_sum: jax.Array  # f32: their JS distances
     rej_ent_sum: jax.Array  # f32: their draft entropies (nats): T_G's mean
-    # the cost-aware stop (stop="cost"): verdicts by draft-entropy bin, emitted meaning strict or lossy
+    # the cost-aware stop (stop="cost"): verdicts by draft-signal bin, emitted meaning strict or lossy
     bin_n: jax.Array  # f32 [.., N]: proposals (and declined tokens) whose verdict was computed
     bin_acc: jax.Array  # f32 [.., N]: of those, the ones the round's verdict accepted
     rate_tokens: jax.Array  # f32: tokens emitted ...
