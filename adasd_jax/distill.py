@@ -475,12 +475,12 @@ def teacher_forced_agreement(draft_config, draft_params, target_config, target_p
 def evaluate(pair, problems, methods: list[str], max_new_tokens: int, eval_data: tuple, dtype,
              progress: bool = True) -> dict:
     """Greedy agreement (teacher-forced on held-out text) and engine figures for each method."""
-    from adasd_jax.bench import report, runner
+    from adasd_jax.bench import report, run_loop
 
     pair.states.clear()
     agreement = teacher_forced_agreement(pair.draft.config, pair.draft.params, pair.target.config, pair.target.params,
                                          *eval_data, dtype)
-    records = runner.run(pair, problems, methods, max_new_tokens, trace=False, progress=progress)
+    records = run_loop.run(pair, problems, methods, max_new_tokens, trace=False, progress=progress)
     summary = report.summarize(records, methods)
     rows = {}
     for m, r in summary["methods"].items():

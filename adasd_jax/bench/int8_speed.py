@@ -18,7 +18,7 @@ import numpy as np
 
 from adasd_jax import engine
 from adasd_jax.bench import datasets
-from adasd_jax.bench.runner import target_step_timer
+from adasd_jax.bench.run_loop import target_step_timer
 
 RUNS = (("bf16", "ar"), ("int8", "ar"), ("bf16", "adasd"), ("int8", "adasd"), ("int8-draft", "adasd"),
         ("int8-draft", "sd:K=4"))
