@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jax
 
-from adasd_jax import engine, validate
+from adasd_jax import engine, loading, validate
 from adasd_jax.args import (add_draft_layers_arg, add_mesh_arg, add_overwrite_arg, add_quantize_args, mesh_kwargs,
                             quantize_kwargs)
 from adasd_jax.bench import datasets, execution, peers, provenance, report, results, run_loop
@@ -180,8 +180,8 @@ def bench(a, pair: engine.Pair | None = None, hf: peers.HFPair | None = None) ->
         print(note, file=sys.stderr)
     if pair is None:
         t = time.perf_counter()
-        pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
-                                **quantize_kwargs(a), **mesh_kwargs(a))
+        pair = loading.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
+                                 **quantize_kwargs(a), **mesh_kwargs(a))
         print(f"loaded pair in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     # a fresh threshold state per run (the configuration says so), also for a pair passed in
     pair = dataclasses.replace(pair, max_buckets=keep if a.max_buckets is None else a.max_buckets, states={})

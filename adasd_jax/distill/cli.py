@@ -98,7 +98,7 @@ def init_draft(spec: str, target_config: models.Config, target_params: Params, t
         except ValueError:
             raise ValueError(f"--init {spec!r}: write layers:N with an integer N, e.g. layers:8") from None
         return models.first_layers(target_config, target_params, n)
-    from adasd_jax.engine import _same_tokenizer
+    from adasd_jax.loading import _same_tokenizer
 
     c, p, tok = models.load(spec, dtype)
     if tokenizer is not None and tok is not None and not _same_tokenizer(tokenizer, tok):
