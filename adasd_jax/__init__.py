@@ -15,9 +15,9 @@ from pathlib import Path
 
 _EXPORTS = {
     "Sampling": "adasd_jax.divergence", "entropy": "adasd_jax.divergence", "js_distance": "adasd_jax.divergence",
-    "Model": "adasd_jax.engine", "NaNLogitsError": "adasd_jax.engine", "Output": "adasd_jax.engine",
-    "Pair": "adasd_jax.engine", "generate": "adasd_jax.engine", "load_pair": "adasd_jax.engine",
-    "make_pair": "adasd_jax.engine", "Decoder": "adasd_jax.protocol", "ProtocolError": "adasd_jax.protocol",
+    "Model": "adasd_jax.loading", "NaNLogitsError": "adasd_jax.engine", "Output": "adasd_jax.engine",
+    "Pair": "adasd_jax.loading", "generate": "adasd_jax.engine", "load_pair": "adasd_jax.loading",
+    "make_pair": "adasd_jax.loading", "Decoder": "adasd_jax.protocol", "ProtocolError": "adasd_jax.protocol",
     "METHODS": "adasd_jax.policies", "Method": "adasd_jax.policies", "ThresholdState": "adasd_jax.state",
 }
 __all__ = sorted(_EXPORTS)

@@ -91,11 +91,11 @@ def check_generate(a) -> list[str]:
 
 
 def cmd_generate(a) -> int:
-    from adasd_jax import engine
+    from adasd_jax import engine, loading
 
     prompts = a.checked
-    pair = engine.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
-                            **quantize_kwargs(a), **mesh_kwargs(a))
+    pair = loading.load_pair(draft=a.draft, target=a.target, dtype=a.dtype, draft_layers=a.draft_layers,
+                             **quantize_kwargs(a), **mesh_kwargs(a))
     kw = dict(method=a.method, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
               top_p=a.top_p, chat=a.chat, seed=a.seed)
     if a.stream and not a.json:
@@ -123,10 +123,10 @@ def cmd_generate(a) -> int:
 
 
 def cmd_fetch(a) -> int:
-    from adasd_jax import engine
+    from adasd_jax import loading
 
     for which, q in (("draft", a.quantize if a.draft_quantize is None else a.draft_quantize), ("target", a.quantize)):
-        path = engine._resolve_default(which, a.dtype, q)
+        path = loading._resolve_default(which, a.dtype, q)
         print(f"{which}: {path}")
     return 0
 

@@ -37,6 +37,9 @@ class Config:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     quantize: str | None = None  # "int8": matrices stored as int8 + per-output-channel scales (models/quant.py)
+    # 16-bit products of t < m < 2t rows run as 2t rows (transformer.padded_rows); None: 16 on CPU, 0 (off) elsewhere.
+    # How the products run, not what the model is: to_dict leaves it out, so a saved model never carries it.
+    row_tile: int | None = None
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -45,9 +48,12 @@ class Config:
             raise ConfigError(f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}")
         if self.quantize not in (None, "int8"):
             raise ConfigError(f"unknown quantize={self.quantize!r}; supported: int8 or none")
+        if self.row_tile is not None and self.row_tile < 0:
+            raise ConfigError(f"row_tile={self.row_tile} must be >= 0 (0: no padding; None: the backend's default)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["row_tile"]
         if d["quantize"] is None:  # floating-point conversions keep the marker older versions read
             del d["quantize"]
         return d

@@ -144,27 +144,26 @@ def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 # XLA:CPU's 16-bit dot runs 17-31 rows slower than 32: a target forward of 17 rows costs 1.9-2.2x a one-row
 # step, of 32 rows 1.6-1.8x. Past 32 rows padding loses (33-48 rows: 2.6x, 64: 3.2x). (2-core CPU, 2026-11-28)
-# ROW_TILE t pads products of t < m < 2t rows to 2t; None: 16 on CPU, 0 (off) elsewhere.
-ROW_TILE: int | None = None
+# A row tile t (Config.row_tile) pads products of t < m < 2t rows to 2t; None: 16 on CPU, 0 (off) elsewhere.
 
 
-def padded_rows(m: int, itemsize: int) -> int:
+def padded_rows(m: int, itemsize: int, tile: int | None = None) -> int:
     """The rows a 16-bit product of m rows runs with on this backend: one row runs as two (else XLA:CPU multiplies
-    an f32 copy of the whole weight), and a partial second tile as a whole one."""
+    an f32 copy of the whole weight), and a partial second tile as a whole one (`tile`: Config.row_tile)."""
     if itemsize >= 4:
         return m
     if m == 1:
         return 2
-    tile = ROW_TILE if ROW_TILE is not None else (16 if jax.default_backend() == "cpu" else 0)
+    tile = tile if tile is not None else (16 if jax.default_backend() == "cpu" else 0)
     return 2 * tile if tile and tile < m < 2 * tile else m
 
 
 RECORD: list | None = None  # calibration (models/smooth.py): each product appends its inputs' per-channel max|x|
 
 
-def linear(x: jax.Array, w: jax.Array | QInt8) -> jax.Array:
-    """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation, rows padded by `padded_rows`; an int8 w
-    runs `quant.matmul_t` (the backend's int8 kernel)."""
+def linear(x: jax.Array, w: jax.Array | QInt8, row_tile: int | None = None) -> jax.Array:
+    """x[..., in] times w[out, in] as `W @ x^T` with float32 accumulation, rows padded by `padded_rows` (`row_tile`:
+    Config.row_tile); an int8 w runs `quant.matmul_t` (the backend's int8 kernel)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     m = x2.shape[0]
@@ -175,7 +174,7 @@ def linear(x: jax.Array, w: jax.Array | QInt8) -> jax.Array:
         if m > 1:
             y = jax.lax.optimization_barrier(y)
         return y.T.astype(x.dtype).reshape(*lead, w.shape[0])
-    rows = padded_rows(m, x.dtype.itemsize)
+    rows = padded_rows(m, x.dtype.itemsize, row_tile)
     if rows > m:
         x2 = jnp.concatenate([x2, jnp.broadcast_to(x2[-1:], (rows - m, x2.shape[1]))], 0)
     y = jax.lax.dot_general(w, x2, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
@@ -205,7 +204,8 @@ def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
     """One decoder block. x: [B,T,D]; k/v_cache: [B,S,K,hd] for this layer; returns new x and caches."""
     B, T, _ = x.shape
     h = rms_norm(x, lp["attn_norm"], c.rms_norm_eps)
-    q, k, v = linear(h, lp["wq"]), linear(h, lp["wk"]), linear(h, lp["wv"])
+    tile = c.row_tile
+    q, k, v = linear(h, lp["wq"], tile), linear(h, lp["wk"], tile), linear(h, lp["wv"], tile)
     if c.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
     q = q.reshape(B, T, c.num_heads, c.head_dim)
@@ -225,9 +225,9 @@ def _layer(c: Config, x, lp, k_cache, v_cache, pos, cos, sin, mask):
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     attn = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache.astype(q.dtype)).reshape(B, T, -1)
-    x = x + linear(attn, lp["wo"])
+    x = x + linear(attn, lp["wo"], tile)
     h = rms_norm(x, lp["mlp_norm"], c.rms_norm_eps)
-    x = x + linear(jax.nn.silu(linear(h, lp["w_gate"])) * linear(h, lp["w_up"]), lp["w_down"])
+    x = x + linear(jax.nn.silu(linear(h, lp["w_gate"], tile)) * linear(h, lp["w_up"], tile), lp["w_down"], tile)
     return x, k_cache, v_cache
 
 
@@ -273,7 +273,7 @@ def forward(params: Params, c: Config, tokens: jax.Array, cache: KVCache,
     x = rms_norm(x, params["final_norm"], c.rms_norm_eps)
     if head is None:
         head = params["embed"] if c.tie_word_embeddings else params["lm_head"]
-    logits = linear(x, head).astype(jnp.float32)
+    logits = linear(x, head, c.row_tile).astype(jnp.float32)
     advance = jnp.full((B,), T, jnp.int32) if num_new is None else num_new.astype(jnp.int32)
     return logits, KVCache(k=tuple(ks), v=tuple(vs), lengths=cache.lengths + advance)
 

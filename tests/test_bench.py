@@ -11,7 +11,8 @@ import pytest
 from conftest import gsm8k_file
 
 from adasd_jax import engine, sharding
-from adasd_jax.bench import datasets, execution, peers, report, runner
+from adasd_jax.bench import datasets, execution, peers, provenance, report, results, run_loop, runner
+from adasd_jax.bench.methods import split_methods
 
 HE_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 HE_TEST = "def check(f):\n    assert f(1, 2) == 3\n    assert f(-1, 1) == 0\n"
@@ -177,15 +178,15 @@ def test_bad_inputs_name_the_problem(tmp_path):
 # ---------------------------------------------------------------- methods and statistics
 
 def test_split_methods_keeps_options_and_expands_presets():
-    assert runner.split_methods("ar,sd:K=4,adasd:count_declined=0,entropy_stop=0,fsd:tau=0.2,K=3,hf-ar") == [
+    assert split_methods("ar,sd:K=4,adasd:count_declined=0,entropy_stop=0,fsd:tau=0.2,K=3,hf-ar") == [
         "ar", "sd:K=4", "adasd:count_declined=0,entropy_stop=0", "fsd:tau=0.2,K=3", "hf-ar"]
-    abl = runner.split_methods("ablation")
+    abl = split_methods("ablation")
     assert {"sd:K=16", "adasd:js_accept=0", "adasd:entropy_stop=0", "adasd", "adasd:stats_on=final",
             "adasd:count_declined=0"} <= set(abl) and abl[0] == "ar"
     with pytest.raises(ValueError, match="bad --methods item"):
-        runner.split_methods("ar,turbo")
+        split_methods("ar,turbo")
     with pytest.raises(ValueError, match="unknown method option"):
-        runner.split_methods("adasd:speed=9")
+        split_methods("adasd:speed=9")
 
 
 def test_paired_difference_interval():
@@ -202,13 +203,13 @@ def test_model_sha256_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     monkeypatch.setenv("ADASD_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "m.gguf"
     f.write_bytes(b"weights")
-    assert runner.model_sha256(str(f)) == hashlib.sha256(b"weights").hexdigest()
+    assert provenance.model_sha256(str(f)) == hashlib.sha256(b"weights").hexdigest()
     assert len(list((tmp_path / "cache" / "hashes").iterdir())) == 1
     st = f.stat()
     f.write_bytes(b"WEIGHTS")  # same size; a new mtime must invalidate the stamp
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert runner.model_sha256(str(f)) == hashlib.sha256(b"WEIGHTS").hexdigest()
-    assert runner.model_sha256("someone/hub-model") is None
+    assert provenance.model_sha256(str(f)) == hashlib.sha256(b"WEIGHTS").hexdigest()
+    assert provenance.model_sha256("someone/hub-model") is None
 
 
 # ---------------------------------------------------------------- end to end
@@ -284,7 +285,7 @@ def test_bench_runs_the_other_baselines_and_checks_the_lossless_ones(loaded, tmp
 
 
 def test_run_interleaves_methods_times_compilation_apart_scores_and_shows_progress(loaded, monkeypatch, capsys):
-    """runner.run rotates the method order per batch of problems (drift hits every method alike), keeps each first
+    """run_loop.run rotates the method order per batch of problems (drift hits every method alike), keeps each first
     call's compilation out of its run time, scores every record, and shows a running tokens/s per method."""
     pair = loaded[2]
     questions = ["w5 w40 w7", "w6 w41 w7", "w9 w44 w7"]
@@ -295,10 +296,11 @@ def test_run_interleaves_methods_times_compilation_apart_scores_and_shows_progre
     problems = [datasets.Problem(id=f"gsm8k/{i}", prompt=q + datasets.GSM8K_INSTRUCTION,
                                  answer=f"w\n#### {gold if i == 0 else -1}", chat=True) for i, q in enumerate(questions)]
     calls = []
-    real = runner._jax_records
-    monkeypatch.setattr(runner, "_jax_records", lambda p, chunk, spec, *a: calls.append(spec) or real(p, chunk, spec, *a))
+    real = run_loop._jax_records
+    monkeypatch.setattr(run_loop, "_jax_records",
+                        lambda p, chunk, spec, *a: calls.append(spec) or real(p, chunk, spec, *a))
     pair = dataclasses.replace(pair, compiled={}, states={})
-    recs = runner.run(pair, problems, ["ar", "sd:K=3", "adasd"], max_new_tokens=8, progress=True)
+    recs = run_loop.run(pair, problems, ["ar", "sd:K=3", "adasd"], max_new_tokens=8, progress=True)
     assert calls == ["ar", "sd:K=3", "adasd", "sd:K=3", "adasd", "ar", "adasd", "ar", "sd:K=3"]
     for m in ("ar", "sd:K=3"):  # lossless in float32: problem 0's answer is right, the others' (-1) wrong
         assert [r["correct"] for r in recs[m]] == [True, False, False]
@@ -312,7 +314,7 @@ def test_run_interleaves_methods_times_compilation_apart_scores_and_shows_progre
 def test_bench_records_the_commit_it_started_from(loaded, tmp_path, monkeypatch):
     """A long run must not record a commit made while it ran: the code it imported is the one it started with."""
     reads = iter(["started-at", "committed-meanwhile"])
-    monkeypatch.setattr(runner, "source_commit", lambda: next(reads))
+    monkeypatch.setattr(provenance, "source_commit", lambda: next(reads))
     data = tmp_path / "gsm8k.jsonl"
     data.write_text(json.dumps({"question": "w5 w6", "answer": "w\n#### 1"}))
     res = _bench(loaded, tmp_path / "out", "--data-file", data, "--limit", 1, "--max-new-tokens", 3, "--methods", "ar")
@@ -492,7 +494,7 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     assert "Merged from" in (tmp_path / "merged" / "results.md").read_text()
 
     with pytest.raises(ValueError, match="problem gsm8k/0 is in both.*pass --replace"):
-        runner.merge([tmp_path / "part0", tmp_path / "part0"])
+        results.merge([tmp_path / "part0", tmp_path / "part0"])
     # a rerun of problem 0 replaces its records; the order of the problems stays
     a = runner._parser().parse_args([*common, "--offset", "0", "--limit", "1", "--out-dir", str(tmp_path / "rerun")])
     rerun = runner.bench(a, pair=pair, hf=hf)
@@ -510,7 +512,7 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
                                      "--no-step-timing", "--out-dir", str(tmp_path / "other")])
     runner.bench(b, pair=pair, hf=hf)
     with pytest.raises(ValueError, match="different settings \\(max_new_tokens"):
-        runner.merge([tmp_path / "part2", tmp_path / "other"])
+        results.merge([tmp_path / "part2", tmp_path / "other"])
     # a run recorded before a switch existed merges with one that has the switch at its default, not otherwise
     f = tmp_path / "part2" / "results.json"
     run = json.loads(f.read_text())
@@ -520,10 +522,11 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
         run["config"]["method_settings"] = {m: t.replace(", bins=32)", v + ")") for m, t in settings.items()}
         f.write_text(json.dumps(run))
         if ok:
-            assert runner.merge([tmp_path / "part0", tmp_path / "part2"])[0]["problems"] == merged["config"]["problems"]
+            merged_again = results.merge([tmp_path / "part0", tmp_path / "part2"])
+            assert merged_again[0]["problems"] == merged["config"]["problems"]
         else:
             with pytest.raises(ValueError, match="different settings \\(method_settings"):
-                runner.merge([tmp_path / "part0", tmp_path / "part2"])
+                results.merge([tmp_path / "part0", tmp_path / "part2"])
 
 
 def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
@@ -537,7 +540,7 @@ def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
               "--data-file", str(data), "--max-new-tokens", "6", "--methods", "ar,sd:K=2,adasd,hf-ar"]
     bench = lambda out, *extra: runner.bench(runner._parser().parse_args(
         [*common, "--out-dir", str(tmp_path / out), *map(str, extra)]), pair=pair, hf=hf)
-    calls, real, stop = [], runner._jax_records, [True]
+    calls, real, stop = [], run_loop._jax_records, [True]
 
     def stop_in_problem_1(p, chunk, spec, *a):
         if stop[0] and chunk[0].id == "gsm8k/1" and spec == "adasd":
@@ -545,10 +548,10 @@ def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
         calls.append(spec)
         return real(p, chunk, spec, *a)
 
-    monkeypatch.setattr(runner, "_jax_records", stop_in_problem_1)
+    monkeypatch.setattr(run_loop, "_jax_records", stop_in_problem_1)
     with pytest.raises(KeyboardInterrupt):
         bench("out", "--limit", 3)
-    partial = tmp_path / "out" / runner.PARTIAL
+    partial = tmp_path / "out" / results.PARTIAL
     saved = json.loads(partial.read_text())
     assert not (tmp_path / "out" / "results.json").exists() and saved["chunks_done"] == 1
     assert {m: [r["problem"] for r in rs] for m, rs in saved["records"].items()} == {
@@ -562,7 +565,7 @@ def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
         bench("elsewhere", "--limit", 3, "--resume")
     assert runner.main([*common, "--out-dir", str(tmp_path / "elsewhere"), "--limit", "3", "--resume"]) == 2
     (tmp_path / "cut").mkdir()
-    (tmp_path / "cut" / runner.PARTIAL).write_text(partial.read_text()[:100])  # a checkpoint cut short
+    (tmp_path / "cut" / results.PARTIAL).write_text(partial.read_text()[:100])  # a checkpoint cut short
     with pytest.raises(ValueError, match="is not a checkpoint written by `adasd bench`; remove it"):
         bench("cut", "--limit", 3, "--resume")
 
@@ -696,14 +699,14 @@ def test_step_timing_on_a_mesh_times_no_prefill(tiny_pair):
     with pytest.raises(ValueError, match="one device"):
         engine.prefill_s(on_mesh, [[5, 6, 7]])
     steps = []
-    recs = runner.run(on_mesh, probs, ["ar"], 4, progress=False, step_samples=steps)["ar"]
+    recs = run_loop.run(on_mesh, probs, ["ar"], 4, progress=False, step_samples=steps)["ar"]
     assert len(steps) == 3 and "prefill_s" not in recs[0]
-    recs = runner.run(tiny_pair, probs, ["ar"], 4, progress=False, step_samples=[])["ar"]
+    recs = run_loop.run(tiny_pair, probs, ["ar"], 4, progress=False, step_samples=[])["ar"]
     assert recs[0]["prefill_s"] > 0
 
 
 def test_cpu_description_names_model_and_bf16_extensions():
-    from adasd_jax.bench.runner import cpu_description
+    from adasd_jax.bench.provenance import cpu_description
 
     info = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 sse4_2\n"
     assert cpu_description(info) == {"model": "AMD EPYC", "isa": ["avx2", "avx512f", "avx512_bf16"]}

@@ -118,11 +118,11 @@ def test_help_does_not_import_jax():
 
 
 def test_ctrl_c_exits_cleanly(capsys, monkeypatch):
-    from adasd_jax import engine
+    from adasd_jax import loading
 
     def interrupted(**kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "load_pair", interrupted)
+    monkeypatch.setattr(loading, "load_pair", interrupted)
     rc, out, err = run_cli(capsys, "generate", "w5")
     assert rc == 130 and "interrupted" in err and "Traceback" not in err

@@ -15,7 +15,7 @@ import pytest
 from conftest import flip_a_bit
 
 from adasd_jax import models
-from adasd_jax import engine
+from adasd_jax import loading
 from adasd_jax import fetch as F
 from adasd_jax.models.load import orbax_io
 
@@ -209,15 +209,15 @@ def test_damaged_conversion_is_converted_again(hf_models, tmp_path, monkeypatch)
     saves = []
     save = models.save
     monkeypatch.setattr(models, "save", lambda *a, **k: saves.append(a[0]) or save(*a, **k))
-    conv = Path(engine._resolve_default("draft", "float32"))
+    conv = Path(loading._resolve_default("draft", "float32"))
     assert saves == [conv] and orbax_io.damage(conv) is None
-    assert engine._resolve_default("draft", "float32") == str(conv) and len(saves) == 1  # intact: reused
+    assert loading._resolve_default("draft", "float32") == str(conv) and len(saves) == 1  # intact: reused
 
     data = flip_a_bit(conv)
     mtime = data.stat().st_mtime_ns + 10**9  # as any write moves it, even on a coarse clock
     os.utime(data, ns=(mtime, mtime))
     with pytest.warns(UserWarning, match=f"{data.relative_to(conv)} fails its sha256 check"):
-        engine._resolve_default("draft", "float32")
+        loading._resolve_default("draft", "float32")
     assert len(saves) == 2 and orbax_io.damage(conv) is None
     _, want, _ = models.load(hf_models["qwen2"], "float32")
     _, got, _ = models.load(conv, "float32")

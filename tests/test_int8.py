@@ -15,7 +15,7 @@ import pytest
 
 import adasd_jax
 from adasd_jax import models
-from adasd_jax import cli, engine
+from adasd_jax import cli, engine, loading
 from adasd_jax.engine import Model, Pair
 from conftest import make_tiny_pair
 from adasd_jax.models import quant
@@ -256,14 +256,14 @@ def test_default_pair_is_converted_per_quantization(monkeypatch, tmp_path, hf_mo
     monkeypatch.setenv("ADASD_CACHE", str(tmp_path))
     calls = []
     monkeypatch.setattr(fetch, "fetch", lambda artifact: calls.append(artifact) or hf_models["qwen2-tied"])
-    path = Path(engine._resolve_default("target", "bfloat16", "int8"))
+    path = Path(loading._resolve_default("target", "bfloat16", "int8"))
     assert path.name == "qwen2.5-coder-1.5b-instruct-int8-bfloat16" and len(calls) == 1
     from adasd_jax.models.load import orbax_io
 
     assert orbax_io.damage(path) is None
     assert models.load(path, None, tokenizer=False)[0].quantize == "int8"
-    assert engine._resolve_default("target", "bfloat16", "int8") == str(path) and len(calls) == 1
-    assert Path(engine._resolve_default("target", "bfloat16")).name == "qwen2.5-coder-1.5b-instruct-bfloat16"
+    assert loading._resolve_default("target", "bfloat16", "int8") == str(path) and len(calls) == 1
+    assert Path(loading._resolve_default("target", "bfloat16")).name == "qwen2.5-coder-1.5b-instruct-bfloat16"
 
 
 def test_cli_convert_and_info_with_quantize(hf_models, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """models/: logit parity with transformers, cache semantics, real weights, Orbax, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -275,16 +276,24 @@ def test_bf16_weights_stream_as_the_dot_lhs(hf_models, T):
 
 
 def test_padded_rows():
-    """One 16-bit row runs as two; on CPU 17-31 rows run as 32 and no other count changes; f32 never pads."""
+    """One 16-bit row runs as two; on CPU 17-31 rows run as 32 and no other count changes; f32 never pads. A given
+    tile (Config.row_tile) holds on every backend, 0 pads no product past one row, and a saved config leaves it out."""
     assert [models.transformer.padded_rows(m, 2) for m in (1, 2, 16)] == [2, 2, 16]
     if jax.default_backend() == "cpu":
         assert [models.transformer.padded_rows(m, 2) for m in (17, 31, 32, 33, 40)] == [32, 32, 32, 33, 40]
     assert [models.transformer.padded_rows(m, 4) for m in (1, 17, 40)] == [1, 17, 40]
+    assert [models.transformer.padded_rows(m, 2, 32) for m in (17, 33, 63, 64)] == [17, 64, 64, 64]
+    assert [models.transformer.padded_rows(m, 2, 0) for m in (1, 17, 31)] == [2, 17, 31]
+    c = models.Config(model_type="llama", vocab_size=8, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+                      head_dim=8, intermediate_size=8, row_tile=0)
+    assert "row_tile" not in c.to_dict() and models.Config.from_dict(c.to_dict()).row_tile is None
+    with pytest.raises(models.ConfigError, match="row_tile"):
+        dataclasses.replace(c, row_tile=-1)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA:CPU's compiled form")
-def test_bf16_17_rows_run_as_32(hf_models, monkeypatch):
-    """A 17-row bf16 verification multiplies 32 rows and returns the same logits as 17 rows; with ROW_TILE=0
+def test_bf16_17_rows_run_as_32(hf_models):
+    """A 17-row bf16 verification multiplies 32 rows and returns the same logits as 17 rows; with row_tile=0
     it multiplies 17."""
     c, params, _ = models.load(hf_models["llama"], "bfloat16")
     cache = models.init_cache(c, 1, 48, jnp.bfloat16)
@@ -292,8 +301,8 @@ def test_bf16_17_rows_run_as_32(hf_models, monkeypatch):
     weights = {f"bf16[{o},{i}]" for o, i in (np.shape(w) for w in jax.tree.leaves(params) if np.ndim(w) == 2)}
     out = {}
     for tile in (0, 16):
-        monkeypatch.setattr(models.transformer, "ROW_TILE", tile)
-        f = jax.jit(lambda *a: models.forward(a[0], c, *a[1:]))  # a new function: ROW_TILE is read when tracing
+        ct = dataclasses.replace(c, row_tile=tile)  # static: each tile compiles its own program
+        f = jax.jit(lambda *a: models.forward(a[0], ct, *a[1:]))
         rhs = [r for lhs, r in _dots(f.lower(params, tokens, cache).compile().as_text()) if lhs in weights]
         rows = {min(map(int, re.findall(r"\d+", r.split("[")[1]))) for r in rhs}  # x's rows: its smaller dim here
         assert len(rhs) >= 7 * c.num_layers and rows == {32 if tile else 17}, rhs

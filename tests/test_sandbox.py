@@ -137,10 +137,10 @@ def test_without_a_sandbox_nothing_runs_unless_unsafe(monkeypatch, tmp_path):
 
 
 def test_bench_refuses_humaneval_without_a_sandbox_before_loading(monkeypatch, tmp_path, capsys):
-    from adasd_jax import cli, engine
+    from adasd_jax import cli, loading
 
     monkeypatch.setattr(execution, "sandbox_problem", lambda: "no unshare")
-    monkeypatch.setattr(engine, "load_pair", lambda **kw: pytest.fail("loaded a model"))
+    monkeypatch.setattr(loading, "load_pair", lambda **kw: pytest.fail("loaded a model"))
     rc = cli.main(["bench", "--dataset", "humaneval", "--no-progress", "--out-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "--unsafe-exec" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

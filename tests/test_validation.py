@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import adasd_jax
-from adasd_jax import cli, engine, validate
+from adasd_jax import cli, engine, loading, validate
 from adasd_jax.policies import Method
 
 
@@ -40,7 +40,7 @@ def no_model(monkeypatch):
     def load(*a, **kw):
         pytest.fail("a model was loaded before the input was refused")
 
-    monkeypatch.setattr(engine, "load_pair", load)
+    monkeypatch.setattr(loading, "load_pair", load)
     monkeypatch.setattr(models, "load", load)
 
 

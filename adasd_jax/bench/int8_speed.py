@@ -16,17 +16,17 @@ import time
 
 import numpy as np
 
-from adasd_jax import engine
+from adasd_jax import engine, loading
 from adasd_jax.bench import datasets
-from adasd_jax.bench.runner import target_step_timer
+from adasd_jax.bench.run_loop import target_step_timer
 
 RUNS = (("bf16", "ar"), ("int8", "ar"), ("bf16", "adasd"), ("int8", "adasd"), ("int8-draft", "adasd"),
         ("int8-draft", "sd:K=4"))
 
 
 def pairs(a) -> dict[str, engine.Pair]:
-    bf = engine.load_pair(a.draft, a.target, dtype="bfloat16")
-    q8 = engine.load_pair(a.draft, a.target, dtype="bfloat16", quantize="int8")
+    bf = loading.load_pair(a.draft, a.target, dtype="bfloat16")
+    q8 = loading.load_pair(a.draft, a.target, dtype="bfloat16", quantize="int8")
     mixed = engine.Pair(target=bf.target, draft=q8.draft, tokenizer=bf.tokenizer, vocab=bf.vocab)
     return {"bf16": bf, "int8": q8, "int8-draft": mixed}
 

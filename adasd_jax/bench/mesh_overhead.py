@@ -21,7 +21,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 
 from adasd_jax import models  # noqa: E402
-from adasd_jax import engine, sharding  # noqa: E402
+from adasd_jax import engine, loading, sharding  # noqa: E402
 
 PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
           "How many clips did Natalia sell altogether in April and May?")
@@ -61,8 +61,8 @@ def main(argv=None):
     dc, dp = models.first_layers(c, params, a.draft_layers)
     one = engine.Pair(target=engine.Model(c, params, a.target), draft=engine.Model(dc, dp, f"layers:{a.draft_layers}"),
                       tokenizer=tok, vocab=c.vocab_size)
-    pairs = {"one device": one, f"mesh {a.mesh}": engine.shard(one, a.mesh, replicate_draft=not a.shard_draft,
-                                                            rules=sharding.parse_rules(a.rule))}
+    pairs = {"one device": one, f"mesh {a.mesh}": loading.shard(one, a.mesh, replicate_draft=not a.shard_draft,
+                                                             rules=sharding.parse_rules(a.rule))}
     prompts = [PROMPT] * a.batch
     rows, tokens = {}, {}
     for method in a.methods.split(","):
