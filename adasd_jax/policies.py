@@ -169,7 +169,7 @@ def update(m: Method, s: MethodState, contrib: ThresholdState, proposed: jax.Arr
 def draft_signal(m: Method, logits: jax.Array) -> jax.Array:
     """What the acceptance model reads of a draft distribution, in nats over the last axis: the top-1 surprisal
     -log max q (signal="top1"; how sure the draft is of the token it proposes, which predicts the verdict better
-    than the entropy on the built-in pair, docs/results/cost-aware/) or the entropy H(q) (signal="entropy")."""
+    than the entropy on the built-in pair, docs/algorithm.md) or the entropy H(q) (signal="entropy")."""
     if m.signal == "top1":
         logits = logits.astype(jnp.float32)
         return jax.nn.logsumexp(logits, axis=-1) - jnp.max(logits, axis=-1)
