@@ -517,9 +517,9 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     f = tmp_path / "part2" / "results.json"
     run = json.loads(f.read_text())
     settings = run["config"]["method_settings"]
-    assert all(t.endswith(", bins=32)") for t in settings.values())  # the newest switch, last
-    for v, ok in (("", True), (", bins=16", False)):
-        run["config"]["method_settings"] = {m: t.replace(", bins=32)", v + ")") for m, t in settings.items()}
+    assert all(t.endswith(", signal='top1')") for t in settings.values())  # the newest switch, last
+    for v, ok in (("", True), (", signal='entropy'", False)):
+        run["config"]["method_settings"] = {m: t.replace(", signal='top1')", v + ")") for m, t in settings.items()}
         f.write_text(json.dumps(run))
         if ok:
             merged_again = results.merge([tmp_path / "part0", tmp_path / "part2"])
