@@ -183,15 +183,10 @@ def signal_bin(h: jax.Array, bins: int, vocab: int) -> jax.Array:
     return jnp.clip(jnp.floor(bins * jnp.sqrt(jnp.clip(h, 0.0, h_max) / h_max)), 0, bins - 1).astype(jnp.int32)
 
 
-def non_increasing_fit(y: jax.Array, w: jax.Array) -> jax.Array:
-    """Weighted least-squares fit of y [N] non-increasing in the index (what pooling adjacent violators gives)."""
-    cw, cy = jnp.concatenate([jnp.zeros(1), jnp.cumsum(w)]), jnp.concatenate([jnp.zeros(1), jnp.cumsum(w * y)])
-    return min_max_fit((cy[None, 1:] - cy[:-1, None]) / (cw[None, 1:] - cw[:-1, None]))
-
-
 def min_max_fit(mean: jax.Array) -> jax.Array:
-    """The non-increasing least-squares fit from mean[j, k], the weighted mean of bins j..k (k >= j), by the min-max
-    formula f_i = min_{j<=i} max_{k>=i} mean[j, k]: exact, and O(N^2) for a few dozen bins."""
+    """The weighted least-squares fit non-increasing in the index (what pooling adjacent violators gives), from
+    mean[j, k], the weighted mean of bins j..k (k >= j), by the min-max formula
+    f_i = min_{j<=i} max_{k>=i} mean[j, k]: exact, and O(N^2) for a few dozen bins."""
     n = mean.shape[0]
     j, k = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
     upper = jnp.where(k >= j, mean, -jnp.inf)
