@@ -18,7 +18,7 @@ _EXPORTS = {
     "Model": "adasd_jax.loading", "NaNLogitsError": "adasd_jax.engine", "Output": "adasd_jax.engine",
     "Pair": "adasd_jax.loading", "generate": "adasd_jax.engine", "load_pair": "adasd_jax.loading",
     "make_pair": "adasd_jax.loading", "Decoder": "adasd_jax.protocol", "ProtocolError": "adasd_jax.protocol",
-    "METHODS": "adasd_jax.policies", "Method": "adasd_jax.policies", "ThresholdState": "adasd_jax.state",
+    "METHODS": "adasd_jax.validate", "Method": "adasd_jax.method", "ThresholdState": "adasd_jax.state",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ import sys
 import threading
 
 from adasd_jax import validate
+from adasd_jax.method import Method
 from adasd_jax.args import (_add_model_args, add_draft_layers_arg, add_mesh_arg, add_overwrite_arg,  # noqa: F401
                             add_quantize_args, mesh_kwargs, quantize_kwargs)
 
@@ -83,6 +84,7 @@ def stdin_prompts() -> list[str]:
 def check_generate(a) -> list[str]:
     """Every argument of `adasd generate` checked, and the prompts read, before anything heavy is imported."""
     validate.generation(a.method, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, a.batch_size, flag=True)
+    Method.parse(a.method)  # how its options combine (plain Python, like validate)
     validate.integer("--draft-layers", a.draft_layers, lo=1, none_means="leave it out to keep every layer")
     prompts = [validate.text(f"prompt {i}", p) for i, p in enumerate(a.prompts)] or stdin_prompts()
     if not prompts:
@@ -222,6 +224,13 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
+        from adasd_jax.bench import options
+
+        try:  # refused before JAX is imported or anything loads
+            options.check(options.parser().parse_args(argv[1:]))
+        except (ValueError, OSError) as e:
+            print(f"adasd bench: error: {e}", file=sys.stderr)
+            return 2
         _multihost_setup()
         from adasd_jax.bench import runner
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import gsm8k_file
 
 from adasd_jax import engine, sharding
-from adasd_jax.bench import datasets, execution, peers, provenance, report, results, run_loop, runner
+from adasd_jax.bench import datasets, execution, options, peers, provenance, report, results, run_loop, runner
 from adasd_jax.bench.methods import split_methods
 
 HE_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
@@ -103,7 +103,7 @@ def test_gsm8k_from_the_hub(tmp_path, monkeypatch):
     pq.write_table(pa.Table.from_pylist(rows), repo / "snapshots" / commit / "main" / "test-00000-of-00001.parquet")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    args = lambda *a: runner._parser().parse_args(list(a))
+    args = lambda *a: options.parser().parse_args(list(a))
     problems, path = runner.load_problems(args("--split", "test", "--limit", "2", "--offset", "1"))
     assert [p.id for p in problems] == ["gsm8k/1", "gsm8k/2"] and commit in str(path)
     assert problems[0].prompt == "w1 w7" + datasets.GSM8K_INSTRUCTION and problems[0].chat
@@ -223,7 +223,7 @@ def loaded(hf_pair):
 
 def _bench(loaded, tmp_path, *extra):
     draft, target, pair, hf = loaded
-    a = runner._parser().parse_args(["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress",
+    a = options.parser().parse_args(["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress",
                                      "--no-step-timing", "--out-dir", str(tmp_path), *map(str, extra)])
     return runner.bench(a, pair=pair, hf=hf)
 
@@ -343,9 +343,9 @@ def test_bench_cuts_both_drafts_and_records_it(hf_pair, tmp_path):
     data.write_text(json.dumps({"question": "w5 w6 w40", "answer": "w\n#### 1"}))
     common = ["--target", target, "--dtype", "float32", "--no-progress", "--no-step-timing", "--no-plots",
               "--data-file", str(data), "--limit", "1", "--max-new-tokens", "8", "--methods", "ar,sd:K=3,hf-assisted"]
-    cut = runner.bench(runner._parser().parse_args(
+    cut = runner.bench(options.parser().parse_args(
         [*common, "--draft", target, "--draft-layers", "2", "--out-dir", str(tmp_path / "cut")]))
-    ref = runner.bench(runner._parser().parse_args([*common, "--draft", draft, "--out-dir", str(tmp_path / "ref")]))
+    ref = runner.bench(options.parser().parse_args([*common, "--draft", draft, "--out-dir", str(tmp_path / "ref")]))
     cfg = cut["config"]
     assert cfg["models"]["draft"]["layers"] == 2 and cfg["peers"]["draft"]["layers"] == 2
     assert cfg["models"]["draft"]["sha256"] == cfg["models"]["target"]["sha256"]
@@ -391,7 +391,7 @@ def test_bench_humaneval_batched(loaded, tmp_path):
     (tmp_path / "out" / "results.json").write_text(json.dumps(saved))
     got = {}
     for extract in ("spec", "fenced"):
-        a = runner._parser().parse_args(["--rescore", str(tmp_path / "out"), "--humaneval-extract", extract,
+        a = options.parser().parse_args(["--rescore", str(tmp_path / "out"), "--humaneval-extract", extract,
                                          "--out-dir", str(tmp_path / extract), "--no-plots"])
         got[extract] = runner.bench(a)
         assert got[extract]["config"]["humaneval_extract"] == extract
@@ -463,7 +463,7 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
               "--data-file", str(data), "--max-new-tokens", "6", "--methods", "ar,sd:K=2,hf-ar", "--peer-limit", "1"]
     parts = []
     for offset in (0, 2):
-        a = runner._parser().parse_args([*common, "--offset", str(offset), "--limit", "2",
+        a = options.parser().parse_args([*common, "--offset", str(offset), "--limit", "2",
                                          "--out-dir", str(tmp_path / f"part{offset}")])
         parts.append(runner.bench(a, pair=pair, hf=hf))
     first = parts[0]
@@ -479,7 +479,7 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     expect = (ar0[0]["new_tokens"] / ar0[0]["run_s"]) / (hf0[0]["new_tokens"] / hf0[0]["run_s"])
     assert first["summary"]["methods"]["ar"]["speedup_vs_hf_ar"] == pytest.approx(expect)
 
-    a = runner._parser().parse_args(["--merge", str(tmp_path / "part0"), str(tmp_path / "part2"),
+    a = options.parser().parse_args(["--merge", str(tmp_path / "part0"), str(tmp_path / "part2"),
                                      "--no-plots", "--out-dir", str(tmp_path / "merged")])
     merged = runner.bench(a)
     assert json.loads((tmp_path / "merged" / "results.json").read_text()) == merged
@@ -496,9 +496,9 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
     with pytest.raises(ValueError, match="problem gsm8k/0 is in both.*pass --replace"):
         results.merge([tmp_path / "part0", tmp_path / "part0"])
     # a rerun of problem 0 replaces its records; the order of the problems stays
-    a = runner._parser().parse_args([*common, "--offset", "0", "--limit", "1", "--out-dir", str(tmp_path / "rerun")])
+    a = options.parser().parse_args([*common, "--offset", "0", "--limit", "1", "--out-dir", str(tmp_path / "rerun")])
     rerun = runner.bench(a, pair=pair, hf=hf)
-    a = runner._parser().parse_args(["--merge", str(tmp_path / "part0"), str(tmp_path / "part2"), str(tmp_path / "rerun"),
+    a = options.parser().parse_args(["--merge", str(tmp_path / "part0"), str(tmp_path / "part2"), str(tmp_path / "rerun"),
                                      "--replace", "--no-plots", "--out-dir", str(tmp_path / "replaced")])
     merged = runner.bench(a)
     assert merged["config"]["problems"] == [f"gsm8k/{i}" for i in range(4)]
@@ -508,7 +508,7 @@ def test_bench_peer_limit_step_timing_and_merge(loaded, tmp_path):
         assert merged["records"][m] == rerun["records"][m] + [r for p in parts for r in p["records"][m]
                                                               if r["problem"] != "gsm8k/0"]
     assert "Problem gsm8k/0: the run in" in (tmp_path / "replaced" / "results.md").read_text()
-    b = runner._parser().parse_args([*common, "--offset", "0", "--limit", "1", "--max-new-tokens", "5",
+    b = options.parser().parse_args([*common, "--offset", "0", "--limit", "1", "--max-new-tokens", "5",
                                      "--no-step-timing", "--out-dir", str(tmp_path / "other")])
     runner.bench(b, pair=pair, hf=hf)
     with pytest.raises(ValueError, match="different settings \\(max_new_tokens"):
@@ -538,7 +538,7 @@ def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
     draft, target, pair, hf = loaded
     common = ["--draft", draft, "--target", target, "--dtype", "float32", "--no-progress", "--no-plots",
               "--data-file", str(data), "--max-new-tokens", "6", "--methods", "ar,sd:K=2,adasd,hf-ar"]
-    bench = lambda out, *extra: runner.bench(runner._parser().parse_args(
+    bench = lambda out, *extra: runner.bench(options.parser().parse_args(
         [*common, "--out-dir", str(tmp_path / out), *map(str, extra)]), pair=pair, hf=hf)
     calls, real, stop = [], run_loop._jax_records, [True]
 
@@ -551,7 +551,7 @@ def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(run_loop, "_jax_records", stop_in_problem_1)
     with pytest.raises(KeyboardInterrupt):
         bench("out", "--limit", 3)
-    partial = tmp_path / "out" / results.PARTIAL
+    partial = tmp_path / "out" / options.PARTIAL
     saved = json.loads(partial.read_text())
     assert not (tmp_path / "out" / "results.json").exists() and saved["chunks_done"] == 1
     assert {m: [r["problem"] for r in rs] for m, rs in saved["records"].items()} == {
@@ -565,7 +565,7 @@ def test_bench_resumes_an_interrupted_run(loaded, tmp_path, monkeypatch):
         bench("elsewhere", "--limit", 3, "--resume")
     assert runner.main([*common, "--out-dir", str(tmp_path / "elsewhere"), "--limit", "3", "--resume"]) == 2
     (tmp_path / "cut").mkdir()
-    (tmp_path / "cut" / results.PARTIAL).write_text(partial.read_text()[:100])  # a checkpoint cut short
+    (tmp_path / "cut" / options.PARTIAL).write_text(partial.read_text()[:100])  # a checkpoint cut short
     with pytest.raises(ValueError, match="is not a checkpoint written by `adasd bench`; remove it"):
         bench("cut", "--limit", 3, "--resume")
 
@@ -683,13 +683,13 @@ def test_bench_max_buckets_bounds_the_compiled_programs(tiny_pair, tmp_path):
     pair = dataclasses.replace(tiny_pair, tokenizer=make_tokenizer(), compiled={}, states={})
     argv = ["--data-file", str(data), "--methods", "ar,sd:K=2", "--max-new-tokens", "4", "--no-plots",
             "--no-progress", "--no-step-timing", "--out-dir", str(tmp_path / "out")]
-    runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "1"]), pair=pair)
+    runner.bench(options.parser().parse_args([*argv, "--max-buckets", "1"]), pair=pair)
     assert len({k[1:3] for k in pair.compiled}) == 1 and pair.max_buckets == 0  # the caller's pair keeps its setting
     argv.append("--overwrite")  # the same --out-dir again
-    runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "0"]), pair=pair)
+    runner.bench(options.parser().parse_args([*argv, "--max-buckets", "0"]), pair=pair)
     assert len({k[1:3] for k in pair.compiled}) == 3  # 0 keeps all: the problems do span three buckets
     with pytest.raises(ValueError, match="--max-buckets must be >= 0"):
-        runner.bench(runner._parser().parse_args([*argv, "--max-buckets", "-1"]), pair=pair)
+        runner.bench(options.parser().parse_args([*argv, "--max-buckets", "-1"]), pair=pair)
 
 
 def test_step_timing_on_a_mesh_times_no_prefill(tiny_pair):

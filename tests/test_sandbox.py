@@ -148,8 +148,8 @@ def test_bench_refuses_humaneval_without_a_sandbox_before_loading(monkeypatch, t
 
 
 def test_the_sandbox_is_said_in_help(capsys):
-    from adasd_jax.bench import runner
+    from adasd_jax.bench import options
 
     with pytest.raises(SystemExit):
-        runner._parser().parse_args(["--help"])
+        options.parser().parse_args(["--help"])
     assert "--unsafe-exec" in capsys.readouterr().out

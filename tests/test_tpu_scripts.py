@@ -202,9 +202,9 @@ def test_bench_with_a_data_file_on_the_workers_uploads_nothing(gcloud):
     assert ssh[7].endswith("adasd bench --data-file /data/x.jsonl --out-dir tpu-results/r1")
     assert fetch[3:8] == ["scp", "adasd-v5e:adasd-jax/tpu-results/r1", "tpu-results/", "--worker=0", "--recurse"]
     # what the fetch reads is what adasd bench's own parser makes of the worker's arguments
-    from adasd_jax.bench import runner
+    from adasd_jax.bench import options
 
-    given = runner._parser().parse_args(shlex.split(ssh[7].split("adasd bench ", 1)[1]))
+    given = options.parser().parse_args(shlex.split(ssh[7].split("adasd bench ", 1)[1]))
     assert fetch[4] == f"adasd-v5e:adasd-jax/{given.out_dir}" and given.data_file == "/data/x.jsonl"
     for given in (["--out-dir", "x"], ["--out=x"], ["--out", "x"]):  # argparse reads --out as --out-dir
         p = run("bench.sh", "--", *given, env=V5E_ENV, check=False)

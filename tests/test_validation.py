@@ -112,6 +112,8 @@ def test_methods_built_in_python_are_checked_too():
     (["--method", "ar:K=4"], "method option k applies to sd, fsd, not ar"),
     (["--method", "sd:tau=0.1"], "method option tau applies to fsd, not sd"),
     (["--method", "adasd:k_max=abc"], "method option k_max='abc' is not an integer from 1 to 64"),
+    (["--method", "adasd:signal=entropy"], "signal=entropy is read by the cost-aware stop only: add stop=cost"),
+    (["--method", "adasd:stop=cost,propose_declined=1"], "stop=cost decides proposing itself"),
     (["--temperature", "nan"], "--temperature must be a finite number >= 0 (0 = greedy), got nan"),
     (["--temperature", "inf"], "--temperature must be a finite number >= 0 (0 = greedy), got inf"),
     (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
@@ -139,12 +141,19 @@ def test_generate_refuses_prompts_that_are_not_utf8(capsys, no_model, monkeypatc
     assert "stdin line 2 is not UTF-8 text (byte 0xff at 0)" in refused(capsys, "generate")
 
 
-def test_a_bad_method_is_refused_without_importing_jax():
-    code = ("import sys, adasd_jax.cli as c\nrc = c.main(['generate', '--method', 'adasd:js_accept=yes', 'hi'])\n"
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "--method", "adasd:js_accept=yes", "hi"], "js_accept='yes'"),
+    (["generate", "--method", "adasd:signal=entropy", "hi"], "add stop=cost"),
+    (["bench", "--methods", "ar,adasd:signal=entropy"], "add stop=cost"),
+    (["bench", "--methods", "nope"], "bad --methods item 'nope'"),
+    (["bench", "--temperature", "nan"], "--temperature must be a finite number"),
+])
+def test_a_bad_method_is_refused_without_importing_jax(tmp_path, argv, message):
+    code = (f"import sys, adasd_jax.cli as c\nrc = c.main({argv!r})\n"
             "print(rc, sorted(m for m in ('jax', 'optax', 'flax', 'transformers', 'numpy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "2 []", out.stdout + out.stderr
-    assert "js_accept='yes'" in out.stderr and "Traceback" not in out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr and not any(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------- the Python API
@@ -392,7 +401,7 @@ def test_bench_refuses_an_out_dir_it_would_destroy_before_loading(capsys, no_mod
 
 
 def test_bench_overwrite_replaces_the_whole_directory(tiny_pair, tmp_path):
-    from adasd_jax.bench import runner
+    from adasd_jax.bench import options, runner
     from conftest import make_tokenizer
 
     data = tmp_path / "g.jsonl"
@@ -404,7 +413,7 @@ def test_bench_overwrite_replaces_the_whole_directory(tiny_pair, tmp_path):
     argv = ["--data-file", str(data), "--methods", "ar", "--max-new-tokens", "2", "--no-plots", "--no-progress",
             "--no-step-timing", "--out-dir", str(out)]
     with pytest.raises(validate.InputError, match="holds files"):
-        runner.bench(runner._parser().parse_args(argv), pair=pair)
-    runner.bench(runner._parser().parse_args([*argv, "--overwrite"]), pair=pair)
+        runner.bench(options.parser().parse_args(argv), pair=pair)
+    runner.bench(options.parser().parse_args([*argv, "--overwrite"]), pair=pair)
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.jsonl", "out"]

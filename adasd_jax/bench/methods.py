@@ -3,7 +3,8 @@ validated method specs (before any model loads)."""
 from __future__ import annotations
 
 from adasd_jax.bench import peers
-from adasd_jax.policies import METHODS, Method
+from adasd_jax.method import Method
+from adasd_jax.validate import METHODS
 
 DEFAULT_METHODS = "ar,sd:K=2,sd:K=4,sd:K=8,adasd,adasd:stop=cost"
 # AdaSD's components apart (docs/algorithm.md): sd:K=16 is adasd with both switches off (K_max = 16).

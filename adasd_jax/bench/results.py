@@ -13,14 +13,13 @@ import jax
 
 from adasd_jax import sharding
 from adasd_jax.bench import datasets, execution, provenance, report, run_loop
+from adasd_jax.bench.options import PARTIAL
 from adasd_jax.models.load import orbax_io
 from adasd_jax.policies import Method
 
 # configuration keys that may differ between runs that are merged into one result set
 PER_RUN = {"argv", "commit", "offset", "limit", "problems", "machine", "cpu", "merged_from", "replaced", "rescored",
            "resumed"}
-# a run's finished problems, rewritten after every batch of problems; --resume continues from them
-PARTIAL = "results.partial.json"
 
 
 def _method_fields(text: str) -> dict:
