@@ -16,7 +16,7 @@ DRAFTING = METHODS[1:]
 BOOLS = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
 ALIASES = {"K": "k", "K_max": "k_max"}
 
-# Each switch of `policies.Method`: its kind ("bool", "int", "float", or the tuple of words it takes), the methods
+# Each switch of `method.Method`: its kind ("bool", "int", "float", or the tuple of words it takes), the methods
 # it applies to, and its range. A new Method field is one entry here (tests check the table against the dataclass).
 OPTIONS = {
     "k": ("int", ("sd", "fsd"), (1, 64)),
