@@ -147,6 +147,8 @@ def test_generate_refuses_prompts_that_are_not_utf8(capsys, no_model, monkeypatc
     (["bench", "--methods", "ar,adasd:signal=entropy"], "add stop=cost"),
     (["bench", "--methods", "nope"], "bad --methods item 'nope'"),
     (["bench", "--temperature", "nan"], "--temperature must be a finite number"),
+    (["bench", "--seeds", "0", "--temperature", "1"], "--seeds must be an integer >= 1, got 0"),
+    (["bench", "--limit", "-1"], "--limit must be an integer >= 0, got -1"),
 ])
 def test_a_bad_method_is_refused_without_importing_jax(tmp_path, argv, message):
     code = (f"import sys, adasd_jax.cli as c\nrc = c.main({argv!r})\n"

@@ -105,6 +105,9 @@ def check(a: argparse.Namespace) -> None:
         raise ValueError(f"--peer-limit must be >= 0, got {a.peer_limit}")
     validate.integer("--batch-size", a.batch_size, lo=1)
     validate.integer("--max-new-tokens", a.max_new_tokens, lo=1)
+    validate.integer("--limit", a.limit, lo=0)
+    validate.integer("--offset", a.offset, lo=0)
+    validate.integer("--seeds", a.seeds, lo=1)
     validate.real("--temperature", a.temperature, lo=0, note=" (0 = greedy)")
     validate.real("--exec-timeout", a.exec_timeout, lo=0, lo_open=True)
     if a.max_buckets is not None and a.max_buckets < 0:
