@@ -115,8 +115,8 @@ def test_gsm8k_from_the_hub(tmp_path, monkeypatch):
     assert len(hub) == 5 and hub[1:3] == problems  # the default: the hub's test split, never a file near the checkout
     with pytest.raises(ValueError, match="could not fetch GSM8K's train split from the hub.*--data-file"):
         runner.load_problems(args("--split", "train"))
-    with pytest.raises(ValueError, match="--split picks a GSM8K split"):
-        runner.load_problems(args("--split", "test", "--data-file", str(local)))
+    with pytest.raises(ValueError, match="--split picks a GSM8K split"):  # refused with the other arguments
+        options.check(args("--split", "test", "--data-file", str(local), "--out-dir", str(tmp_path / "out")))
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist([{"q": "w3"}]), bad)
     with pytest.raises(ValueError, match="has no column 'question', 'answer'"):
