@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 import types
-from pathlib import Path
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adasd_jax import fetch, loop, policies, protocol, sharding, validate
+from adasd_jax import loop, policies, protocol, sharding, validate
 from adasd_jax.divergence import Sampling
 from adasd_jax.loading import Model, Pair, load_pair, make_pair, shard, shared_vocab  # noqa: F401 (engine's names too)
 from adasd_jax.policies import Method
@@ -52,7 +50,7 @@ class Output:
     compile_s: float
     run_s: float  # wall time of the generation itself, compilation excluded
     costs: CostTable | None = None  # the cost table a stop="cost" method ran with (target-step units)
-    cost_source: str = ""  # "measured" (timed on the compiled programs), "cached" or "bytes" (estimated)
+    cost_source: str = ""  # "measured" (timed on the compiled programs), "bytes" (estimated) or "given"
 
     @property
     def tokens_per_s(self) -> float:
@@ -203,10 +201,9 @@ def _timings(calls: list, repeats: int) -> list[list[float]]:
     return times
 
 
-def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, repeats: int = 7) -> CostTable:
-    """Time the loop's own programs on this device: one draft step and one verification at each static width (the
-    target forward and the acceptance over its positions, as `loop.verify` runs them), in units of the narrowest
-    verification (one row: an autoregressive step)."""
+def _cost_calls(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int) -> list:
+    """The loop's own programs the cost table times: one verification at each static width (the target forward and
+    the acceptance over its positions, as `loop.verify` runs them), then one draft step."""
     B, K, V = batch, lc.k, lc.vocab
     pt, pd = pair.target.params, loop.with_draft_head(_draft_params(pair, lc.method), lc)
     cache = lambda decoder, params: protocol.with_lengths(decoder.init_cache(
@@ -224,10 +221,15 @@ def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, rep
                            jnp.zeros((B,), jnp.float32), keys)
 
     tcache, dcache = cache(lc.target, pt), cache(lc.draft, pair.draft.params)
-    q_buf, keys, x = jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B), jnp.zeros((B,), int)
-    calls = [functools.partial(verification, pt, tcache, jnp.full((B,), w, jnp.int32), q_buf, keys) for w in lc.widths]
-    *verify_s, draft_s = map(min, _timings(calls + [functools.partial(draft_step, pd, x.astype(jnp.int32), dcache)],
-                                           repeats))  # the fastest: other load only ever adds time
+    q_buf, keys = jnp.zeros((B, K + 1, V), jnp.float32), jax.random.split(jax.random.key(0), B)
+    return [functools.partial(verification, pt, tcache, jnp.full((B,), w, jnp.int32), q_buf, keys)
+            for w in lc.widths] + [functools.partial(draft_step, pd, jnp.zeros((B,), jnp.int32), dcache)]
+
+
+def measure_costs(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int, repeats: int = 9) -> CostTable:
+    """Time the loop's own programs on this device (`_cost_calls`), in units of the narrowest verification (one row:
+    an autoregressive step): the median of `repeats` timings of each, taken in turns."""
+    *verify_s, draft_s = np.median(_timings(_cost_calls(pair, lc, batch, max_len), repeats), axis=1)
     verify_s = np.maximum.accumulate(verify_s)  # a wider verification does the narrower one's work and more
     return CostTable(draft=jnp.float32(draft_s / verify_s[0]), verify=jnp.asarray(verify_s / verify_s[0], jnp.float32))
 
@@ -238,26 +240,6 @@ def bytes_costs(pair: Pair, lc: loop.LoopConfig) -> CostTable:
     return CostTable.flat(len(lc.widths), size(pair.draft.params) / size(pair.target.params))
 
 
-def _costs_file() -> Path:
-    return fetch.cache_dir() / "cost_tables.json"
-
-
-def _read_tables() -> dict:
-    """The cached cost tables; an unreadable file counts as none (they are measured again)."""
-    try:
-        return json.loads(_costs_file().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_table(key: str, table: CostTable) -> None:
-    """Add one table to the cache file: written to a temporary name, then renamed over it."""
-    from adasd_jax.bench.report import write_atomic
-
-    tables = {**_read_tables(), key: {"draft": float(table.draft), "verify": np.asarray(table.verify).tolist()}}
-    write_atomic(_costs_file(), json.dumps(tables, indent=1))
-
-
 def _cost_key(pair: Pair, lc: loop.LoopConfig, batch: int) -> str:
     dtype = lambda m: f"{protocol.activation_dtype(m.decoder, m.params)}{getattr(m.config, 'quantize', None) or ''}"
     return "|".join(map(str, (pair.target.source, dtype(pair.target), pair.draft.source, dtype(pair.draft),
@@ -266,23 +248,14 @@ def _cost_key(pair: Pair, lc: loop.LoopConfig, batch: int) -> str:
 
 
 def cost_table(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int) -> tuple[CostTable, str]:
-    """The pair's cost table for this device, dtype, batch and width set: measured once, then kept on the pair and,
-    for models loaded from files, in the cache directory (written atomically). On a mesh: the bytes estimate."""
+    """The pair's cost table for this device, dtype, batch and width set: measured at first use in each process and
+    kept on the pair. Never kept on disk: a table measured while other work shared the machine would mislead every
+    later process, and timing it again costs seconds beside compiling its programs. On a mesh: the bytes estimate."""
     key = _cost_key(pair, lc, batch)
-    if key in pair.cost_tables:
-        return pair.cost_tables[key]
-    on_disk = all(Path(m.source).exists() for m in (pair.target, pair.draft))
-    saved = _read_tables().get(key) if on_disk else None
-    if saved is not None:
-        made = CostTable(draft=jnp.float32(saved["draft"]), verify=jnp.asarray(saved["verify"], jnp.float32)), "cached"
-    elif pair.layout is not None:
-        made = bytes_costs(pair, lc), "bytes"
-    else:
-        made = measure_costs(pair, lc, batch, max_len), "measured"
-        if on_disk:
-            _save_table(key, made[0])
-    pair.cost_tables[key] = made
-    return made
+    if key not in pair.cost_tables:
+        pair.cost_tables[key] = ((bytes_costs(pair, lc), "bytes") if pair.layout is not None else
+                                 (measure_costs(pair, lc, batch, max_len), "measured"))
+    return pair.cost_tables[key]
 
 
 def generate_programs(pair: Pair):
@@ -369,7 +342,7 @@ def generate(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METHOD
              state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
              batch_size: int | None = None, trace: bool = False, costs: CostTable | None = None) -> Output:
     """Generate for a list of prompts (strings or token-id lists). See the module docstring. A stop="cost" method
-    runs with `costs`, else with the pair's cost table (measured at its first use, then cached)."""
+    runs with `costs`, else with the pair's cost table (measured at its first use, then kept on the pair)."""
     lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace, seed, batch_size)
     m = lc.method
     bs = batch_size or len(ids)

@@ -290,16 +290,36 @@ def test_a_new_cost_table_compiles_nothing(tiny_pair, prompts, monkeypatch):
     assert first.metrics["drafted"].sum() > 0 and second.metrics["drafted"].sum() == 0  # and it was read
 
 
-def test_the_engine_measures_caches_and_reports_the_table(tiny_pair, prompts, tmp_path, monkeypatch):
+def test_the_engine_measures_keeps_and_reports_the_table(tiny_pair, prompts, tmp_path, monkeypatch):
+    """Measured at first use and kept on the pair for the process; never written to disk, also for models loaded from
+    files: a table measured under another load would mislead later processes."""
     monkeypatch.setenv("ADASD_CACHE", str(tmp_path))
-    pair = dataclasses.replace(tiny_pair, compiled={}, states={}, cost_tables={})
-    out = adasd_jax.generate(pair, prompts, method="adasd:stop=cost", max_new_tokens=8)
-    s = out.summary()
-    assert s["cost_source"] == "measured" and s["cost_verify"][0] == 1.0 and s["cost_draft"] > 0
-    assert (np.diff(s["cost_verify"]) >= 0).all() and len(s["cost_verify"]) == len(loop.verify_widths(16))
-    again = adasd_jax.generate(pair, prompts, method="adasd:stop=cost", max_new_tokens=8)
-    assert again.costs is out.costs  # kept on the pair: measured once per batch bucket
-    assert not (tmp_path / "cost_tables.json").exists()  # in-memory models are not cached on disk
+    for name in ("target", "draft"):
+        (tmp_path / name).write_text("weights")
+    files = dataclasses.replace(tiny_pair, target=dataclasses.replace(tiny_pair.target, source=str(tmp_path / "target")),
+                                draft=dataclasses.replace(tiny_pair.draft, source=str(tmp_path / "draft")))
+    for pair in (tiny_pair, files):
+        pair = dataclasses.replace(pair, compiled={}, states={}, cost_tables={})
+        out = adasd_jax.generate(pair, prompts, method="adasd:stop=cost", max_new_tokens=8)
+        s = out.summary()
+        assert s["cost_source"] == "measured" and s["cost_verify"][0] == 1.0 and s["cost_draft"] > 0
+        assert (np.diff(s["cost_verify"]) >= 0).all() and len(s["cost_verify"]) == len(loop.verify_widths(16))
+        again = adasd_jax.generate(pair, prompts, method="adasd:stop=cost", max_new_tokens=8)
+        assert again.costs is out.costs  # kept on the pair: measured once per batch bucket
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["draft", "target"]  # nothing cached on disk
+
+
+def test_the_table_is_the_median_of_timings_in_target_steps(tiny_pair, monkeypatch):
+    """Widths 0, 1, 3, 7, 15, 16 then the draft step, 3 repeats each: medians over the narrowest verification's, V made
+    non-decreasing in the width (a wider verification does the narrower one's work and more)."""
+    times = [[2.0, 9.0, 2.2], [2.2, 2.4, 2.0], [3.0, 3.0, 3.0], [2.5, 2.9, 2.8], [4.0, 5.0, 4.4], [6.0, 6.0, 6.0],
+             [1.0, 0.8, 0.7]]
+    monkeypatch.setattr(engine, "_timings", lambda calls, repeats: times[:len(calls)])
+    lc, _ = engine._setup(tiny_pair, [[5, 6]], "adasd:stop=cost", 8, 0.0, 0, 1.0, False, False)
+    assert lc.widths == (0, 1, 3, 7, 15, 16)
+    table = engine.measure_costs(tiny_pair, lc, 1, 64)
+    np.testing.assert_allclose(table.verify, np.array([2.2, 2.2, 3.0, 3.0, 4.4, 6.0]) / 2.2, rtol=1e-6)
+    assert float(table.draft) == pytest.approx(0.8 / 2.2)
 
 
 def test_switch_refusals():

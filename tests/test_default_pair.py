@@ -20,6 +20,6 @@ def test_generate_default_pair_sd_is_target_greedy(capsys):
     assert cli.main(args + ["--method", "adasd:stop=cost,js_accept=0"]) == 0
     cost = json.loads(capsys.readouterr().out)
     assert cost["results"][0]["tokens"] == ar["results"][0]["tokens"]  # the cost-aware stop, lossless variant
-    assert cost["summary"]["cost_source"] in ("measured", "cached") and cost["summary"]["drafted"] > 0
+    assert cost["summary"]["cost_source"] == "measured" and cost["summary"]["drafted"] > 0
     assert "def" in ar["results"][0]["text"]
     assert sd["summary"]["tokens_per_call"] > 1.5  # a real draft: most proposals are accepted
