@@ -28,6 +28,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _count_lines(path: str) -> int:
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+_MAP_LIMIT = int(open("/proc/sys/vm/max_map_count").read()) if os.path.exists("/proc/sys/vm/max_map_count") else 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """XLA:CPU maps memory for every compiled program and keeps it while JAX's caches hold the program. Over the suite
+    that reached the kernel's limit of maps per process (vm.max_map_count, 65,530 by default) and the next compile
+    segfaulted: once a test leaves the process past half the limit, drop JAX's caches."""
+    yield
+    if _MAP_LIMIT and _count_lines("/proc/self/maps") > _MAP_LIMIT // 2:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
+
+
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
 
