@@ -41,15 +41,20 @@ _MAP_LIMIT = int(open("/proc/sys/vm/max_map_count").read()) if os.path.exists("/
 
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
-    """XLA:CPU maps memory for every compiled program and keeps it while JAX's caches hold the program. Over the suite
-    that reached the kernel's limit of maps per process (vm.max_map_count, 65,530 by default) and the next compile
-    segfaulted: once a test leaves the process past half the limit, drop JAX's caches."""
+    """XLA:CPU maps memory for every compiled program (thousands of maps per loop program) and keeps it while anything
+    holds the program: JAX's caches, and the `compiled` dict of every pair a fixture keeps for the session. Over the
+    suite that reached the kernel's limit of maps per process (vm.max_map_count, 65,530 by default) and the next
+    compile segfaulted: once a test leaves the process past half the limit, drop both."""
     yield
     if _MAP_LIMIT and _count_lines("/proc/self/maps") > _MAP_LIMIT // 2:
         import gc
 
         import jax
 
+        from adasd_jax.loading import Pair
+
+        for pair in [o for o in gc.get_objects() if isinstance(o, Pair)]:
+            pair.compiled.clear()
         jax.clear_caches()
         gc.collect()
 
