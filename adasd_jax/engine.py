@@ -240,18 +240,17 @@ def bytes_costs(pair: Pair, lc: loop.LoopConfig) -> CostTable:
     return CostTable.flat(len(lc.widths), size(pair.draft.params) / size(pair.target.params))
 
 
-def _cost_key(pair: Pair, lc: loop.LoopConfig, batch: int) -> str:
-    dtype = lambda m: f"{protocol.activation_dtype(m.decoder, m.params)}{getattr(m.config, 'quantize', None) or ''}"
-    return "|".join(map(str, (pair.target.source, dtype(pair.target), pair.draft.source, dtype(pair.draft),
-                               pair.draft.layers, lc.method.draft_vocab, jax.devices()[0].device_kind, batch,
-                               lc.widths)))
+def _cost_key(lc: loop.LoopConfig, batch: int) -> tuple:
+    """What the timed programs depend on beyond the pair itself: the draft's head, the sampling (the acceptance's
+    work), the batch and the width set."""
+    return lc.method.draft_vocab, lc.sampling, batch, lc.widths
 
 
 def cost_table(pair: Pair, lc: loop.LoopConfig, batch: int, max_len: int) -> tuple[CostTable, str]:
     """The pair's cost table for this device, dtype, batch and width set: measured at first use in each process and
     kept on the pair. Never kept on disk: a table measured while other work shared the machine would mislead every
     later process, and timing it again costs seconds beside compiling its programs. On a mesh: the bytes estimate."""
-    key = _cost_key(pair, lc, batch)
+    key = _cost_key(lc, batch)
     if key not in pair.cost_tables:
         pair.cost_tables[key] = ((bytes_costs(pair, lc), "bytes") if pair.layout is not None else
                                  (measure_costs(pair, lc, batch, max_len), "measured"))

@@ -306,6 +306,8 @@ def test_the_engine_measures_keeps_and_reports_the_table(tiny_pair, prompts, tmp
         assert (np.diff(s["cost_verify"]) >= 0).all() and len(s["cost_verify"]) == len(loop.verify_widths(16))
         again = adasd_jax.generate(pair, prompts, method="adasd:stop=cost", max_new_tokens=8)
         assert again.costs is out.costs  # kept on the pair: measured once per batch bucket
+        sampled = adasd_jax.generate(pair, prompts, method="adasd:stop=cost", max_new_tokens=8, temperature=1.0)
+        assert sampled.costs is not out.costs and len(pair.cost_tables) == 2  # sampling: other acceptance work
     assert sorted(p.name for p in tmp_path.iterdir()) == ["draft", "target"]  # nothing cached on disk
 
 
