@@ -270,6 +270,8 @@ def _setup(pair: Pair, prompts, method, max_new_tokens, temperature, top_k, top_
            batch_size=None):
     """Validate the request; return the static loop configuration and the tokenized prompts."""
     validate.generation(method, max_new_tokens, temperature, top_k, top_p, seed, batch_size)
+    if not isinstance(trace, (bool, str)) or trace not in (False, True, "rounds"):
+        raise ValueError(f"trace={trace!r}: use False, True (per round and position) or 'rounds' (per round only)")
     prompts = validate.prompts(prompts)
     m = Method.parse(method) if isinstance(method, str) else method
     if m.uses_draft and pair.draft is None:
@@ -339,7 +341,7 @@ def _finish(pair, m, tokens, rows, thresholds, traces, compile_s, run_s) -> Outp
 def generate(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METHOD, max_new_tokens: int = 128,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
              state: ThresholdState | None = None, reset_state: bool = False, seed: int = 0,
-             batch_size: int | None = None, trace: bool = False, costs: CostTable | None = None) -> Output:
+             batch_size: int | None = None, trace: bool | str = False, costs: CostTable | None = None) -> Output:
     """Generate for a list of prompts (strings or token-id lists). See the module docstring. A stop="cost" method
     runs with `costs`, else with the pair's cost table (measured at its first use, then kept on the pair)."""
     lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, top_k, top_p, chat, trace, seed, batch_size)
@@ -382,7 +384,7 @@ def generate(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METHOD
 
 def precompile(pair: Pair, prompts, method: str | Method = policies.DEFAULT_METHOD, max_new_tokens: int = 128,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, chat: bool = True,
-               batch_size: int | None = None, trace: bool = False) -> float:
+               batch_size: int | None = None, trace: bool | str = False) -> float:
     """Compile, without running, what `generate` with the same arguments runs: one program per batch size and
     prompt-length bucket. Returns the seconds spent compiling (0.0 when every program was built already). Warms a
     server's buckets before its first request; calls from several threads compile at once (XLA releases the GIL)."""

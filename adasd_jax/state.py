@@ -109,13 +109,15 @@ class Metrics:
 
 @struct.dataclass
 class Trace:
-    """Optional per-round record for plots; rows beyond `rounds` are zero."""
+    """Optional per-round record for plots; rows beyond `rounds` are zero. The per-position fields cost passes over
+    the vocabulary that a method may not make otherwise (sd reads no divergence): a timed run records the rounds
+    only (LoopConfig.trace="rounds"), and they are None."""
 
     draft_len: jax.Array  # i32 [R, B]
     accepted: jax.Array  # i32 [R, B]
-    entropy: jax.Array  # f32 [R, B, K+1]: H(q_i) for i = 1..n+1
-    signal: jax.Array  # f32 [R, B, K+1]: what the cost-aware stop's model read of q_i (policies.draft_signal)
-    js: jax.Array  # f32 [R, B, K+1]: d(p_i, q_i)
+    entropy: jax.Array | None  # f32 [R, B, K+1]: H(q_i) for i = 1..n+1
+    signal: jax.Array | None  # f32 [R, B, K+1]: what the cost-aware stop's model read of q_i (policies.draft_signal)
+    js: jax.Array | None  # f32 [R, B, K+1]: d(p_i, q_i)
     t_g: jax.Array  # f32 [R, B]: thresholds in force during the round
     t_v: jax.Array  # f32 [R, B]
 

@@ -7,12 +7,15 @@ import json
 import time
 import zipfile
 
+import jax
+import numpy as np
 import pytest
 from conftest import gsm8k_file
 
 from adasd_jax import engine, sharding
 from adasd_jax.bench import datasets, execution, options, peers, provenance, report, results, run_loop, runner
 from adasd_jax.bench.methods import split_methods
+from adasd_jax.method import Method
 
 HE_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 HE_TEST = "def check(f):\n    assert f(1, 2) == 3\n    assert f(-1, 1) == 0\n"
@@ -307,6 +310,15 @@ def test_run_interleaves_methods_times_compilation_apart_scores_and_shows_progre
     for rs in recs.values():
         assert rs[0]["compile_s"] > 0 and rs[0]["run_s"] < rs[0]["compile_s"] / 4  # compiled apart, not timed
         assert all(r["compile_s"] == 0 for r in rs[1:])  # one prompt bucket: compiled once
+    # each new program's untimed first run put the carried state back: it is what three plain calls leave
+    plain = dataclasses.replace(pair, compiled={}, states={})
+    for m in ("ar", "sd:K=3", "adasd"):
+        for c, prob in enumerate(problems):
+            engine.generate(plain, [prob.prompt], method=m, max_new_tokens=8, chat=True, seed=c)
+    assert plain.states.keys() == pair.states.keys()
+    for k in plain.states:
+        jax.tree.map(np.testing.assert_array_equal, pair.states[k], plain.states[k])
+    assert int(pair.states[repr(Method.parse("adasd"))].acc_n) > 0
     bar = capsys.readouterr().err
     assert "9/9" in bar and all(f"{m} " in bar for m in recs) and "tok/s" in bar
 

@@ -84,6 +84,19 @@ def test_the_last_round_is_computed_as_if_generation_went_on(tiny_pair):
                                    np.where(verified, long.trace.js[r, b], 0), atol=1e-5)
 
 
+def test_a_rounds_trace_keeps_the_rounds_and_skips_the_divergences(tiny_pair, prompts):
+    """trace="rounds" (what a timed run records) equals the full trace's per-round fields and carries no per-position
+    ones; a trace level that does not exist is refused with the ones that do."""
+    full, rounds = (adasd_jax.generate(tiny_pair, prompts, method="sd:K=4", max_new_tokens=MAX_NEW, trace=t)
+                    for t in (True, "rounds"))
+    assert rounds.tokens == full.tokens
+    for f in ("draft_len", "accepted", "t_g", "t_v"):
+        np.testing.assert_array_equal(getattr(rounds.trace, f), getattr(full.trace, f))
+    assert rounds.trace.js is None and rounds.trace.entropy is None and full.trace.js.shape[-1] == 5
+    with pytest.raises(ValueError, match="trace='positions'.*'rounds'"):
+        adasd_jax.generate(tiny_pair, prompts, method="sd:K=4", max_new_tokens=MAX_NEW, trace="positions")
+
+
 def test_lossless_up_to_eos(prompts):
     """Stop on EOS exactly where the target stops, rows finishing independently."""
     base = make_tiny_pair()
