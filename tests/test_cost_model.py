@@ -97,3 +97,24 @@ def test_midpoint_rule_and_fixed_generation_threshold():
     long = [seq([1, 0, 1, 1] * 10, [0.2] * 40, [0.5] * 40)]
     a, b = cm.replay(long, "adasd", C, t_g=math.inf, js_accept=False, k_max=4), cm.replay(long, "sd", C, k=4)
     assert (a.tokens, a.rounds, a.draft_steps, a.seconds) == (b.tokens, b.rounds, b.draft_steps, b.seconds)
+
+
+def test_the_cost_aware_replay_bins_the_signal_on_the_grid_it_is_given():
+    # the draft is sure (top-1 0.99) of every token the target accepts and less sure (0.3) of every one it rejects:
+    # 32 bins tell them apart and stop at the unsure ones; 2 bins (edges at log(V)/4) put both in the first
+    rng = np.random.default_rng(0)
+    seqs = []
+    for _ in range(4):
+        ok = rng.random(300) < 0.8
+        s = seq(ok, np.zeros(300), np.ones(300))
+        seqs.append(dict(s, t=np.where(ok, 0.99, 0.3).astype(np.float32)))
+    c = cm.Costs(draft_ms=30.0, verify_ms=100.0, verify_rows=cm.CPU_ROWS)
+    one, grid = (cm.replay(seqs, "adasd:stop=cost", c, bins=b) for b in (2, 32))
+    assert grid.draft_steps < one.draft_steps and grid.tokens_per_s > one.tokens_per_s
+    assert {n for n, *_ in cm.POLICIES} >= {"adasd:stop=cost,bins=16", "adasd:stop=cost,bins=64"}
+    # before its first verdict the online model trusts the draft and drafts K_max through unsure tokens; the curve
+    # known up front stops at the first one
+    sure = np.arange(30) % 3 != 2
+    short = [dict(seq(sure, np.zeros(30), np.ones(30)), t=np.where(sure, 0.99, 0.05))]
+    online, known = (cm.replay(short, "adasd:stop=cost", c, known_curve=k) for k in (False, True))
+    assert known.draft_steps < online.draft_steps - 10

@@ -3,7 +3,8 @@
     python -m adasd_jax.bench.cost_model tf10.npz --draft-ms 80 --verify-ms 157 --verify-ms-per-token 3
     python -m adasd_jax.bench.cost_model tf10.npz --verify-ms 157 --verify-ms-per-token 3 --scan 10,20,40,60,80
 
-Reads an .npz of teacher-forced statistics, arrays `match{i}`, `d{i}`, `e{i}` and optionally `a{i}` for problem i
+Reads an .npz of teacher-forced statistics (`python -m adasd_jax.bench.teacher_forced` writes one from a bench
+run), arrays `match{i}`, `d{i}`, `e{i}` and optionally `a{i}` for problem i
 (per generated position of the target's own continuation: `match` whether the draft's argmax is the target's, `d`
 the JS distance, `e` the draft's entropy, `a` the acceptance probability at temperature 1) and replays fixed-K `sd` and `adasd` (the spec's
 thresholds, `count_declined` on or off) over it. A round costs
@@ -105,14 +106,15 @@ def thresholds(acc_d, rej_d, rej_e, acc_e=(0.0, 0), t_g_rule: str = "mean") -> t
 def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: bool = True,
            sampling: bool = False, seed: int = 0, k_max: int = K_MAX, propose_declined: bool = False,
            t_g_rule: str = "mean", t_g: float | None = None, js_accept: bool = True,
-           signal: str | None = None) -> Replay:
+           signal: str | None = None, bins: int = 32, known_curve: bool = False) -> Replay:
     """One policy over every problem in order, the AdaSD threshold state carried across problems (pooled sums).
     `propose_declined`: the token the entropy check stopped at is proposed too (its draft step is paid anyway).
     `t_g_rule`: see `thresholds`. `t_g`: a fixed generation threshold instead of the adaptive one (a sweep of it
     bounds what any constant entropy stop can do). `js_accept=False`: strict verdicts only (lossless). `signal`: the
-    cost-aware stop's (replay_cost_aware)."""
+    cost-aware stop's (replay_cost_aware), `bins` its grid, `known_curve` its bound."""
     if policy in ("adasd:stop=cost", "oracle"):
-        return replay_cost_aware(seqs, c, k_max, sampling, seed, oracle=policy == "oracle", signal=signal)
+        return replay_cost_aware(seqs, c, k_max, sampling, seed, oracle=policy == "oracle", signal=signal, bins=bins,
+                                 known_curve=known_curve)
     rng = np.random.default_rng(seed)
     adaptive = policy in ("adasd", "adasd+cap")
     acc_d, rej_d, rej_e, acc_e = [0.0, 0], [0.0, 0], [0.0, 0], [0.0, 0]  # sums, counts: JS and entropy by verdict
@@ -171,12 +173,15 @@ def replay(seqs: list[dict], policy: str, c: Costs, k: int = 4, count_declined: 
 
 
 def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: bool = False, seed: int = 0,
-                      oracle: bool = False, bins: int = 32, vocab: int = 151936, signal: str | None = None) -> Replay:
+                      oracle: bool = False, bins: int = 32, vocab: int = 151936, signal: str | None = None,
+                      known_curve: bool = False) -> Replay:
     """The cost-aware stop (adasd:stop=cost, strict verdicts) replayed with the engine's own rule functions over the
     positions, the state carried across problems; or, with `oracle`, the bound of a rule that knows where each
     round's first rejection falls and drafts the count that maximises that round's tokens per unit of cost.
     `signal`: what the model bins, "top1" (-log of the draft's top-1 probability, arrays t{i}) or "entropy" (e{i});
-    by default top1 where the statistics hold it."""
+    by default top1 where the statistics hold it. `known_curve`: the acceptance model's counts are those of every
+    position of the run, fixed from the first round (a bound for any online fit of a(h): it knows the curve before
+    seeing a verdict, though of every position, not only of those reached with all earlier proposals accepted)."""
     import jax
     import jax.numpy as jnp
 
@@ -196,12 +201,16 @@ def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: 
     step = jax.jit(lambda t, surv, h, k: policies.cost_step(policies.cost_model(t, costs), costs, vk, k_max, m, vocab,
                                                             surv, h, k))
     binned = jax.jit(lambda h: policies.signal_bin(h, bins, vocab))
+    oks = [(rng.random(len(s["d"])) < s["a"]) if sampling else s["match"].astype(bool) for s in seqs]
     t = ThresholdState.init((), bins)
+    if known_curve:
+        b = np.asarray(binned(jnp.asarray(np.concatenate([feature(s) for s in seqs]), jnp.float32)))
+        t = t.replace(bin_n=jnp.asarray(np.bincount(b, minlength=bins), jnp.float32),
+                      bin_acc=jnp.asarray(np.bincount(b, weights=np.concatenate(oks), minlength=bins), jnp.float32))
     tokens = rounds = proposals = steps = 0
     seconds = 0.0
-    for s in seqs:
+    for s, ok in zip(seqs, oks):
         n, i, h = len(s["d"]), 0, feature(s)
-        ok = (rng.random(n) < s["a"]) if sampling else s["match"].astype(bool)
         while i < n:
             k, round_steps, declined = 0, 0, None
             if oracle:
@@ -224,9 +233,10 @@ def replay_cost_aware(seqs: list[dict], c: Costs, k_max: int = K_MAX, sampling: 
                                                                else [])
             b = np.asarray(binned(jnp.asarray([h[j] for j in seen], jnp.float32))) if seen else []
             cost = round_steps * float(costs.draft) + v[k]
-            t = t.replace(bin_n=t.bin_n + np.bincount(b, minlength=bins),
-                          bin_acc=t.bin_acc + np.bincount(b, weights=[ok[j] for j in seen], minlength=bins),
-                          rate_tokens=t.rate_tokens + accepted + 1, rate_cost=t.rate_cost + cost)
+            if not known_curve:
+                t = t.replace(bin_n=t.bin_n + np.bincount(b, minlength=bins),
+                              bin_acc=t.bin_acc + np.bincount(b, weights=[ok[j] for j in seen], minlength=bins))
+            t = t.replace(rate_tokens=t.rate_tokens + accepted + 1, rate_cost=t.rate_cost + cost)
             seconds += cost * unit / 1e3
             tokens, rounds, proposals, steps = tokens + accepted + 1, rounds + 1, proposals + k, steps + round_steps
             i += accepted + 1
@@ -246,6 +256,10 @@ POLICIES = [("sd:K=1", "sd", {"k": 1}), ("sd:K=2", "sd", {"k": 2}), ("sd:K=3", "
             ("adasd:t_g_rule=midpoint,propose_declined=1", "adasd", {"t_g_rule": "midpoint", "propose_declined": True}),
             ("sd:K=6", "sd", {"k": 6}), ("adasd:stop=cost", "adasd:stop=cost", {}),
             ("adasd:stop=cost,signal=entropy", "adasd:stop=cost", {"signal": "entropy"}),
+            # the acceptance model's grid is a representation: halved and doubled it should not move the speed
+            ("adasd:stop=cost,bins=16", "adasd:stop=cost", {"bins": 16}),
+            ("adasd:stop=cost,bins=64", "adasd:stop=cost", {"bins": 64}),
+            ("adasd:stop=cost, curve known (bound)", "adasd:stop=cost", {"known_curve": True}),
             ("oracle (knows the first rejection)", "oracle", {})]
 
 
