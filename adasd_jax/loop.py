@@ -166,7 +166,9 @@ def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
     """
     m, K, V = lc.method, lc.k, lc.vocab
     B = s.last.shape[0]
-    cap = policies.draft_cap(m, s.method)
+    # no proposal past the token budget: a round emits at most n + 1 tokens
+    budget = jnp.maximum(lc.max_new_tokens - s.metrics.new_tokens - 1, 0)
+    cap = jnp.minimum(policies.draft_cap(m, s.method), budget)
     want = ~s.done & (cap > 0)
     q0 = jnp.zeros((B, V), jnp.float32)
     if m.cost_aware:  # a round may skip the draft: its cache then lags, and catches up when drafting resumes

@@ -180,7 +180,8 @@ def test_rounds_replayed_against_the_reference():
     seen = {"declined": 0, "stopped": 0, "rounds": 0}
     for before, after in run_rounds(pair, lc, prompts, costs):
         t = before.method.thresholds
-        ref = RefRule(t, 0.1, verify, lc.widths, lc.k, lc.vocab)
+        budget = lc.max_new_tokens - np.asarray(before.metrics.new_tokens) - 1  # no proposal past the budget
+        refs = [RefRule(t, 0.1, verify, lc.widths, min(lc.k, int(budget[b])), lc.vocab) for b in range(2)]
         r = int(before.step)
         n, a = np.asarray(after.trace.draft_len[r]), np.asarray(after.trace.accepted[r])
         ent = np.asarray(after.trace.signal[r])  # the top-1 surprisal, at most the entropy
@@ -192,6 +193,7 @@ def test_rounds_replayed_against_the_reference():
         width = next(w for w in lc.widths if w >= width)
         cost = 0.0
         for b in np.nonzero(live)[0]:
+            ref = refs[b]
             rn, rdec, rsteps = ref.round(ent[b])
             assert (int(n[b]), bool(dm.declined[b]), int(dm.draft_steps[b])) == (rn, rdec, rsteps), (r, b)
             for i in range(min(int(a[b]) + 1, rn)):
@@ -216,13 +218,15 @@ def test_rounds_replayed_against_the_reference():
 
 def test_free_draft_steps_and_flat_verification_draft_to_k_max():
     """A draft identical to the target (every proposal accepted), draft steps free and every width costing one
-    step: each round drafts to K_max."""
+    step: each round drafts to K_max, and the last one only up to the token budget."""
     tiny = make_tiny_pair(eos=())
     pair = dataclasses.replace(tiny, draft=tiny.target)
     out = adasd_jax.generate(pair, [[5, 6, 7]], method="adasd:stop=cost,k_max=6", max_new_tokens=MAX_NEW,
-                             costs=CostTable(draft=jnp.float32(0.0), verify=jnp.ones(4)))
-    m = out.metrics
-    assert int(m["drafted"][0]) == 6 * int(m["rounds"][0]) and int(m["accepted"][0]) == int(m["drafted"][0])
+                             costs=CostTable(draft=jnp.float32(0.0), verify=jnp.ones(4)), trace=True)
+    m, rounds = out.metrics, int(out.metrics["rounds"][0])
+    assert rounds == -(-(MAX_NEW - 1) // 7)  # 1 prefill token, then 6 accepted + 1 bonus per round
+    np.testing.assert_array_equal(out.trace.draft_len[:rounds, 0], [6] * (rounds - 1) + [(MAX_NEW - 1) % 7 - 1])
+    assert int(m["drafted"][0]) == int(m["accepted"][0]) == MAX_NEW - 1 - rounds
 
 
 def test_draft_steps_costlier_than_their_tokens_propose_nothing(tiny_pair, prompts):

@@ -14,9 +14,22 @@ import adasd_jax
 from adasd_jax import models
 from adasd_jax import Method, engine
 from adasd_jax.engine import Model, Pair
+from adasd_jax.loop import verify_widths
+from adasd_jax.state import CostTable
 from conftest import make_tiny_pair
 
 MAX_NEW = 24
+
+
+def emitted_before(out, b: int) -> np.ndarray:
+    """Tokens a row had emitted before each of its rounds (the prefill's first, then a + 1 per round)."""
+    a = out.trace.accepted[:int(out.metrics["rounds"][b]), b]
+    return 1 + np.concatenate([[0], np.cumsum(a + 1)[:-1]])
+
+
+def rounds_with_room(out, max_new: int) -> np.ndarray:
+    """Rounds per row with room for a proposal under the token budget."""
+    return np.asarray([(emitted_before(out, b) < max_new - 1).sum() for b in range(len(out.tokens))])
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +78,40 @@ def test_target_calls_and_draft_rollback_are_exact(tiny_pair, prompts, ar_ref):
     assert list(k1.metrics["accepted"]) == want and 0 < sum(want) < sum(k1.metrics["drafted"])
 
 
-def test_the_last_round_is_computed_as_if_generation_went_on(tiny_pair):
-    """max_new_tokens cuts the emitted tokens, not the last round: its verdicts and divergences, which feed the
-    carried thresholds, equal that round's in a longer generation. The cache drops writes past its end silently,
-    so a cache without room for the last round's proposals shows only here (outputs stay exact)."""
+def test_the_last_round_proposes_only_what_the_budget_can_emit(tiny_pair):
+    """A round emits at most n + 1 tokens, so the last one proposes at most max_new_tokens - emitted - 1: draft steps
+    past the budget would be paid and never emitted. Every round before it, and the last one up to its cut, equal the
+    same rounds of a longer generation (verdicts and divergences, which feed the carried thresholds)."""
     rng = np.random.default_rng(7)
     full = [list(map(int, rng.integers(3, 96, size=16))) for _ in range(4)]  # prompts that fill their bucket
     short, long = (adasd_jax.generate(tiny_pair, full, method="sd:K=4", max_new_tokens=m, trace=True)
                    for m in (13, 40))
     assert [t[:13] for t in long.tokens] == short.tokens
+    cut = 0
     for b, rounds in enumerate(short.metrics["rounds"]):
         r = slice(0, int(rounds))
-        n = short.trace.draft_len[r, b]
-        np.testing.assert_array_equal(n, long.trace.draft_len[r, b])
-        np.testing.assert_array_equal(short.trace.accepted[r, b], long.trace.accepted[r, b])
-        verified = np.arange(short.trace.js.shape[-1])[None, :] <= n[:, None]  # positions 0..n of each round
+        n, a = short.trace.draft_len[r, b], short.trace.accepted[r, b]
+        budget = 13 - emitted_before(short, b) - 1
+        want = np.minimum(long.trace.draft_len[r, b], budget)
+        np.testing.assert_array_equal(n, want)
+        cut += int((want < long.trace.draft_len[r, b]).sum())
+        np.testing.assert_array_equal(a, np.minimum(long.trace.accepted[r, b], n))
+        # positions 0..n of each round; in a round cut at the budget the draft never computed slot n
+        verified = np.arange(short.trace.js.shape[-1])[None, :] <= (n - (n < long.trace.draft_len[r, b]))[:, None]
         np.testing.assert_allclose(np.where(verified, short.trace.js[r, b], 0),
                                    np.where(verified, long.trace.js[r, b], 0), atol=1e-5)
+    assert cut > 0  # some row's last round was cut
+
+
+@pytest.mark.parametrize("method", ["sd:K=8", "adasd", "adasd:stop=cost", "dynamic:k_max=8", "adaedl"])
+def test_no_proposal_lies_past_the_token_budget(tiny_pair, prompts, method):
+    costs = CostTable.flat(len(verify_widths(16)), draft=0.0) if "cost" in method else None  # free: drafts long
+    out = adasd_jax.generate(tiny_pair, prompts, method=method, max_new_tokens=11, trace=True, reset_state=True,
+                             costs=costs)
+    for b, rounds in enumerate(out.metrics["rounds"]):
+        n, emitted = out.trace.draft_len[:rounds, b], emitted_before(out, b)
+        assert (n <= 11 - emitted - 1).all(), (n, emitted)
+        assert len(out.tokens[b]) <= 11
 
 
 def test_a_rounds_trace_keeps_the_rounds_and_skips_the_divergences(tiny_pair, prompts):
@@ -132,10 +162,11 @@ def test_propose_declined_proposes_the_stopping_token(tiny_pair, prompts, temper
     got = {}
     for flag in (0, 1):
         method = f"adasd:js_accept=0,k_max=6,propose_declined={flag}"
-        got[flag] = adasd_jax.generate(tiny_pair, prompts, method=method, state=stop_all, **kw)
+        got[flag] = adasd_jax.generate(tiny_pair, prompts, method=method, state=stop_all, trace="rounds", **kw)
     m0, m1 = got[0].metrics, got[1].metrics
-    assert (m0["drafted"] == 0).all() and (m0["declined"] == m0["rounds"]).all()
-    assert (m1["drafted"] == m1["rounds"]).all() and (m1["declined"] == m1["rounds"]).all()
+    r0, r1 = rounds_with_room(got[0], MAX_NEW), rounds_with_room(got[1], MAX_NEW)
+    assert (m0["drafted"] == 0).all() and (m0["declined"] == r0).all() and (r0 == m0["rounds"] - 1).all()
+    assert (m1["drafted"] == r1).all() and (m1["declined"] == r1).all()
     assert 0 < m1["accepted"].sum() < m1["drafted"].sum()
     if temperature == 0.0:  # sampled, the buffers' sizes (6 against 1) draw different uniforms
         ar = adasd_jax.generate(tiny_pair, prompts, method="ar", **kw)
@@ -159,7 +190,8 @@ def test_midpoint_t_g_rule_stops_where_the_mean_would_not(tiny_pair, prompts):
     mean = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6", **kw)
     mid = adasd_jax.generate(tiny_pair, prompts, method="adasd:js_accept=0,k_max=6,t_g_rule=midpoint", **kw)
     assert (mean.metrics["drafted"] > 0).all() and (mean.metrics["declined"] == 0).all()
-    assert (mid.metrics["drafted"] == 0).all() and (mid.metrics["declined"] == mid.metrics["rounds"]).all()
+    # every round declined, but the last: one token from the budget it has no room for a proposal
+    assert (mid.metrics["drafted"] == 0).all() and (mid.metrics["declined"] == mid.metrics["rounds"] - 1).all()
     assert mid.tokens == adasd_jax.generate(tiny_pair, prompts, method="ar", max_new_tokens=MAX_NEW).tokens
     # the reported T_G is the midpoint of the returned state's means
     s = mid.state
@@ -180,13 +212,13 @@ def test_batch_equals_each_row_alone(tiny_pair, prompts, method):
 
 
 def test_adasd_fires_both_thresholds(tiny_pair, prompts):
-    out = adasd_jax.generate(tiny_pair, prompts * 2, method="adasd", max_new_tokens=48, reset_state=True, trace=True)
+    out = adasd_jax.generate(tiny_pair, prompts * 2, method="adasd", max_new_tokens=56, reset_state=True, trace=True)
     m = out.metrics
     assert m["declined"].sum() > 0, "the entropy threshold never stopped drafting"
     assert m["lossy"].sum() > 0, "the JS threshold never accepted a mismatch"
     assert np.isfinite(m["t_g"]).all() and (m["t_v"] > 0).all()
     tr = out.trace
-    assert tr.draft_len.shape == (48, 6) and (tr.draft_len.sum(0) == m["drafted"]).all()
+    assert tr.draft_len.shape == (56, 6) and (tr.draft_len.sum(0) == m["drafted"]).all()
     assert (tr.accepted.sum(0) == m["accepted"]).all()
 
 
@@ -355,8 +387,10 @@ def test_max_buckets_drops_older_executables_and_their_code(tiny_pair):
 
 
 def sampled_marginals(method: str):
-    """6,000 rows of 3 sampled tokens from one prompt at T=3 (top-k 6), and the chi-square p-values of the second
-    and third tokens' counts against the target's exact marginals (enumerated over the tokens before them)."""
+    """6,000 rows of 5 sampled tokens from one prompt at T=3 (top-k 6), and the chi-square p-values of the second
+    and third tokens' counts against the target's exact marginals (enumerated over the tokens before them). Five, not
+    three: rounds are cut at the token budget, and the third token must often come from a later round, drafted
+    under a T_V learnt from a first round of full length (T_V is 0 until verdicts exist)."""
     import jax.numpy as jnp
 
     from adasd_jax import models
@@ -367,8 +401,8 @@ def sampled_marginals(method: str):
     s = Sampling(temperature=3.0, top_k=6)
     prompt = [3, 5, 1]
     n = 6000
-    out = adasd_jax.generate(pair, [prompt] * n, method=method, max_new_tokens=3, temperature=s.temperature,
-                             top_k=s.top_k, seed=0)
+    out = adasd_jax.generate(pair, [prompt] * n, method=method, max_new_tokens=5, temperature=s.temperature,
+                             top_k=s.top_k, seed=0, trace="rounds")
     toks = np.asarray(out.tokens)
     c, pt = pair.target.config, pair.target.params
 
@@ -385,7 +419,7 @@ def sampled_marginals(method: str):
         counts, seen = np.bincount(toks[:, pos], minlength=8), p > 0
         assert counts[~seen].sum() == 0, (method, pos, counts, p)
         pvalues.append(chisquare(counts[seen], n * p[seen] / p[seen].sum()).pvalue)
-    return out.metrics, pvalues
+    return out, pvalues
 
 
 @pytest.mark.parametrize("method", ["sd:K=3", "sd:K=3,draft_vocab=5", "adasd:k_max=3,js_accept=0",
@@ -396,18 +430,22 @@ def test_sampled_exact_methods_follow_target_distribution(method):
     cuts drafts short without its JS acceptance. At T=3 the target spreads its mass (top token 0.65), so a wrong
     residual (max(0, p - q/2)) or acceptance ratio ((p/q)^0.8) fails by p < 1e-6; at T=0.9 (top token 0.98) both
     passed a total-variation bound."""
-    metrics, pvalues = sampled_marginals(method)
+    out, pvalues = sampled_marginals(method)
+    metrics = out.metrics
     assert metrics["accepted"].sum() < metrics["drafted"].sum()  # rejections (residual path) happen
-    if "adasd" in method:  # the entropy stop, or the cost-aware one, cut drafts short
-        assert (metrics["drafted"] < 3 * metrics["rounds"]).any() and metrics["lossy"].sum() == 0
+    if "adasd" in method:  # the entropy stop, or the cost-aware one, cut drafts short of the cap and the budget
+        n, a = out.trace.draft_len, out.trace.accepted
+        before = 1 + np.concatenate([np.zeros_like(a[:1]), np.cumsum(a + 1, 0)[:-1]])
+        live = np.arange(len(n))[:, None] < metrics["rounds"][None, :]
+        assert (live & (n < np.minimum(3, 5 - before - 1))).any() and metrics["lossy"].sum() == 0
     assert min(pvalues) > 1e-3, (method, pvalues)
 
 
 def test_sampled_adasd_with_js_acceptance_is_lossy_and_the_test_sees_it():
     """The control for the test above: the spec's AdaSD accepts some refused samples (lossy) and its third token's
     marginal leaves the target's (p ~ 1e-10 here), so that test's bound can fail."""
-    metrics, pvalues = sampled_marginals("adasd:k_max=3")
-    assert metrics["lossy"].sum() > 0 and min(pvalues) < 1e-6, pvalues
+    out, pvalues = sampled_marginals("adasd:k_max=3")
+    assert out.metrics["lossy"].sum() > 0 and min(pvalues) < 1e-6, pvalues
 
 
 def test_draft_vocab_subset_is_lossless_and_scores_only_its_tokens(tiny_pair, prompts, ar_ref):

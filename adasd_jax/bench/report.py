@@ -140,8 +140,9 @@ def summarize(records: dict, methods: list[str], greedy: bool = True, step_sampl
             ar = records["ar"]
             if ar and all("prefill_s" in r for r in ar):  # decode only: new_tokens - 1 steps after the prefill
                 out["ar_prefill_s"] = sum(r["prefill_s"] for r in ar) / len(ar)
-                out["ar_decode_vs_step_limit"] = (sum(r["new_tokens"] - 1 for r in ar) * step
-                                                  / sum(r["run_s"] - r["prefill_s"] for r in ar))
+                decode_s = sum(r["run_s"] - r["prefill_s"] for r in ar)
+                if decode_s > 0:  # a prefill timed apart on a loaded machine can outlast a short whole run
+                    out["ar_decode_vs_step_limit"] = sum(r["new_tokens"] - 1 for r in ar) * step / decode_s
     return out
 
 
