@@ -181,7 +181,6 @@ def test_rounds_replayed_against_the_reference():
     for before, after in run_rounds(pair, lc, prompts, costs):
         t = before.method.thresholds
         budget = lc.max_new_tokens - np.asarray(before.metrics.new_tokens) - 1  # no proposal past the budget
-        refs = [RefRule(t, 0.1, verify, lc.widths, min(lc.k, int(budget[b])), lc.vocab) for b in range(2)]
         r = int(before.step)
         n, a = np.asarray(after.trace.draft_len[r]), np.asarray(after.trace.accepted[r])
         ent = np.asarray(after.trace.signal[r])  # the top-1 surprisal, at most the entropy
@@ -193,7 +192,7 @@ def test_rounds_replayed_against_the_reference():
         width = next(w for w in lc.widths if w >= width)
         cost = 0.0
         for b in np.nonzero(live)[0]:
-            ref = refs[b]
+            ref = RefRule(t, 0.1, verify, lc.widths, min(lc.k, int(budget[b])), lc.vocab)
             rn, rdec, rsteps = ref.round(ent[b])
             assert (int(n[b]), bool(dm.declined[b]), int(dm.draft_steps[b])) == (rn, rdec, rsteps), (r, b)
             for i in range(min(int(a[b]) + 1, rn)):
