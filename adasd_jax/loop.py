@@ -174,8 +174,15 @@ def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
     if m.cost_aware:  # a round may skip the draft: its cache then lags, and catches up when drafting resumes
         v = policies.verify_cost(costs, lc.widths, K)
         t = s.method.thresholds
-        want = want & per_row_rule(m, lambda t, c: policies.start_drafting(t, costs, v, c), t, cap)
-        model = jax.vmap(policies.cost_model, (0, None))(t, costs) if m.per_row else policies.cost_model(t, costs)
+        # per_row: each row decides as if alone; pooled: the batch decides as one decoder (one draft step serves
+        # every row, and the verification is as wide as the longest draft)
+        share = 1.0 / jnp.maximum((~s.done).sum(), 1).astype(jnp.float32)
+        if m.per_row:
+            want = want & per_row_rule(m, lambda t, c: policies.start_drafting(t, costs, v, c), t, cap)
+            model = jax.vmap(policies.cost_model, (0, None))(t, costs)
+        else:
+            want = want & policies.batch_start_drafting(t, costs, v, cap, want, share)
+            model = policies.cost_model(t, costs)
 
         def feed_pending(cache):
             cache, pending, n_pend = catch_up(pd, lc, s.replace(draft_cache=cache), ~s.done)
@@ -194,8 +201,12 @@ def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
         h = policies.draft_signal(m, c["q"]) if m.cost_aware else entropy(c["q"])
         survival = c["survival"]
         if m.cost_aware:  # every wanting row sits at slot i: it has computed q_k, k = i + 1
-            rule = lambda model, surv, h, cap: policies.cost_step(model, costs, v, cap, m, V, surv, h, c["i"] + 1)
-            propose, go_on, survival = per_row_rule(m, rule, model, survival, h, cap)
+            if m.per_row:
+                rule = lambda model, surv, h, cap: policies.cost_step(model, costs, v, cap, m, V, surv, h, c["i"] + 1)
+                propose, go_on, survival = per_row_rule(m, rule, model, survival, h, cap)
+            else:
+                propose, go_on, survival = policies.batch_cost_step(model, costs, v, cap, m, V, survival, h,
+                                                                    c["i"] + 1, c["want"], share)
             stop, propose = c["want"] & ~propose, c["want"] & propose
             go_on = go_on & ~stop
         else:
@@ -382,6 +393,8 @@ def round_step(pt, pd, lc: LoopConfig, s: LoopState, costs: CostTable | None = N
                          lossy=mt.lossy + w(info["lossy"]), declined=mt.declined + w(declined),
                          nan=mt.nan | (~s.done & info["nan"]), draft_steps=mt.draft_steps + w(steps))
     if m.cost_aware:  # the running rate: each row's tokens against its draft steps and the round's verification
+        # pooled, every live row is charged the round's cost: its longest draft and its verification
+        steps = steps if m.per_row else jnp.broadcast_to(jnp.where(live, steps, 0).max(), steps.shape)
         contrib = contrib.replace(rate_tokens=count.astype(jnp.float32),
                                   rate_cost=steps * costs.draft + costs.verify[width])
     mstate = policies.update(m, s.method, contrib, n, a, live)

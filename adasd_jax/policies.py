@@ -186,6 +186,37 @@ def start_drafting(t: ThresholdState, costs: CostTable, v: jax.Array, cap) -> ja
     return lookahead_gain(1.0, 0, cap, abar, rate(t, costs), costs.draft, v) > 0
 
 
+def batch_lookahead_gain(survival, k, room, abar, r, c_d, v, share):
+    """The pooled batch's lookahead_gain: one draft step per m serves every row and the verification is as wide as
+    the longest draft, so the rows' expected extra tokens (row b adds at most room[b] more, survival [B] 0 for rows
+    not drafting), averaged over the `share` = 1 / live rows that split the round's cost, are set against one round's
+    extra cost. With one row it is lookahead_gain."""
+    K = v.shape[0] - 1
+    m = jnp.arange(1, K + 1)
+    geo = jnp.concatenate([jnp.zeros(1), jnp.cumsum(abar ** m.astype(jnp.float32))])  # [K+1]: abar + .. + abar^m
+    tokens = share * (survival[:, None] * geo[jnp.minimum(m[None, :], room[:, None])]).sum(0)
+    cost = r * (m * c_d + v[jnp.minimum(k + m, K)] - v[k])
+    return jnp.max(jnp.where(m <= room.max(), tokens - cost, -jnp.inf))
+
+
+def batch_start_drafting(t: ThresholdState, costs: CostTable, v: jax.Array, cap, want, share) -> jax.Array:
+    """start_drafting for a pooled batch: does any draft length pay for the rows that want to draft, per live row?"""
+    _, abar = acceptance(t)
+    return batch_lookahead_gain(want.astype(jnp.float32), 0, jnp.where(want, cap, 0), abar, rate(t, costs),
+                                costs.draft, v, share) > 0
+
+
+def batch_cost_step(model, costs: CostTable, v: jax.Array, cap, m: Method, vocab: int, survival, h, k, want, share):
+    """cost_step for a pooled batch at slot k: every drafting row proposes x_k when their expected tokens per live
+    row beat the wider verification (once it runs, a row's proposal costs nothing more), and the batch drafts on
+    while a continuation pays for it as a whole. Returns (propose [B], draft on [], survival [B])."""
+    a_bins, abar, r = model
+    s_k = jnp.where(want, survival * a_bins[signal_bin(h, m.bins, vocab)], 0.0)
+    ahead = batch_lookahead_gain(s_k, k, jnp.where(want, cap - k, 0), abar, r, costs.draft, v, share)
+    propose = share * s_k.sum() - r * (v[k] - v[k - 1]) + jnp.maximum(ahead, 0.0) > 0
+    return want & propose, propose & (ahead > 0), s_k
+
+
 def cost_model(t: ThresholdState, costs: CostTable) -> tuple[jax.Array, jax.Array, jax.Array]:
     """What a round's decisions read from one state: (a per bin, abar, R); fixed for the round, so fit once."""
     return (*acceptance(t), rate(t, costs))

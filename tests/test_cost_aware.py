@@ -68,6 +68,38 @@ class RefRule:
                 return k, False, k
             S, k = S_k, k + 1
 
+    def batch_ahead(self, S, k, room, share):
+        """The pooled batch's lookahead: rows' expected tokens per live row (row b adds at most room[b]) against
+        one round's extra draft steps and wider verification."""
+        K = len(self.V) - 1
+        gains = [share * sum(s * sum(self.abar ** j for j in range(1, min(m, r) + 1)) for s, r in zip(S, room))
+                 - self.R * (m * self.c_d + self.V[min(k + m, K)] - self.V[k]) for m in range(1, max(room) + 1)]
+        return max(gains, default=-np.inf)
+
+    def batch_round(self, entropies, caps, live):
+        """(proposals [B], declined [B], draft steps [B]) of a pooled batch: rows that want to draft (live, cap > 0)
+        draft and propose together while it pays per live row; each stops at its cap."""
+        B, share = len(caps), 1.0 / max(sum(live), 1)
+        n, declined = [0] * B, [False] * B
+        active = [bool(live[b]) and caps[b] > 0 for b in range(B)]
+        steps = [int(x) for x in active]
+        if not any(active) or not self.batch_ahead([float(x) for x in active], 0,
+                                                   [c if x else 0 for c, x in zip(caps, active)], share) > 0:
+            return [0] * B, [False] * B, [0] * B
+        S, k = [1.0] * B, 1
+        while True:
+            S_k = [S[b] * self.a[ref_bin(entropies[b][k - 1], self.bins, self.vocab)] if active[b] else 0.0
+                   for b in range(B)]
+            ahead = self.batch_ahead(S_k, k, [caps[b] - k if active[b] else 0 for b in range(B)], share)
+            if not share * sum(S_k) - self.R * (self.V[k] - self.V[k - 1]) + max(ahead, 0.0) > 0:
+                return n, [d or a for d, a in zip(declined, active)], steps
+            n = [k if active[b] else n[b] for b in range(B)]
+            active = [active[b] and ahead > 0 and k < caps[b] for b in range(B)]
+            if not any(active):
+                return n, declined, steps
+            steps = [s + a for s, a in zip(steps, active)]
+            S, k = S_k, k + 1
+
 
 def random_state(rng, bins=8, shape=()):
     n = rng.integers(0, 40, (*shape, bins)).astype(np.float32)
@@ -142,6 +174,52 @@ def test_decisions_match_the_reference():
     assert min(seen.values()) > 0, seen  # every branch of the rule was taken
 
 
+def test_batch_decisions_match_the_reference():
+    """The pooled batch's rule (three rows, one live row done, caps that differ as at the token budget) step by step
+    as the loop takes it, against the numpy reading; with one row it is the single-row rule."""
+    rng = np.random.default_rng(2)
+    widths, K, vocab = (0, 1, 3, 7, 12), 12, 50
+    seen = {"skip": 0, "declined": 0, "stopped": 0, "ragged": 0, "one_row": 0}
+    for trial in range(150):
+        t = random_state(rng)
+        c_d = float(rng.choice([0.0, 0.1, 0.3, 0.6]))
+        verify = np.cumsum(np.concatenate([[1.0], rng.uniform(0, 0.6, len(widths) - 1)])).astype(np.float32)
+        costs = CostTable(draft=jnp.float32(c_d), verify=jnp.asarray(verify))
+        ref = RefRule(t, c_d, verify, widths, K, vocab)
+        B = 1 if trial % 3 == 0 else 3
+        live = np.ones(B, bool) if B == 1 else np.asarray([True, True, rng.random() < 0.5])
+        caps = rng.choice([K, K, 2, 0], B) if B > 1 else np.asarray([K])
+        ent = rng.exponential(rng.choice([0.2, 1.0, 2.5]), (B, K)).astype(np.float32)
+        v = policies.verify_cost(costs, widths, K)
+        m = Method("adasd", k_max=K, stop="cost", bins=t.bins)
+        share = jnp.float32(1.0 / live.sum())
+        want = jnp.asarray(live & (caps > 0))
+        cap = jnp.asarray(caps, jnp.int32)
+        want = want & policies.batch_start_drafting(t, costs, v, cap, want, share)
+        n, declined, steps = np.zeros(B, int), np.zeros(B, bool), np.asarray(want, int)
+        S, model = jnp.ones(B, jnp.float32), policies.cost_model(t, costs)
+        for k in range(1, K + 1):  # the loop's body
+            if not want.any():
+                break
+            propose, go_on, S = policies.batch_cost_step(model, costs, v, cap, m, vocab, S, jnp.asarray(ent[:, k - 1]),
+                                                         k, want, share)
+            stop, propose = want & ~propose, want & propose
+            declined |= np.asarray(stop)
+            n += np.asarray(propose)
+            want = propose & go_on & ~stop & (jnp.asarray(n) < cap)
+            steps += np.asarray(want)
+        expect = ref.batch_round(ent, list(caps), list(live))
+        assert (n.tolist(), declined.tolist(), steps.tolist()) == (list(expect[0]), list(expect[1]), list(expect[2]))
+        if B == 1:
+            assert (n[0], declined[0], steps[0]) == ref.round(ent[0])
+            seen["one_row"] += 1
+        seen["skip"] += not steps.any()
+        seen["declined"] += declined.any()
+        seen["stopped"] += n.any() and not declined.any()
+        seen["ragged"] += len(set(n[live & (caps > 0)].tolist())) > 1
+    assert min(seen.values()) > 0, seen
+
+
 def tiny_lc(method: str, k_max: int = 6, max_new: int = 40, pair=None):
     pair = pair or make_tiny_pair(eos=())
     m = Method.parse(method + f",k_max={k_max}")
@@ -169,9 +247,10 @@ def run_rounds(pair, lc, prompts, costs, thresholds=None):
 
 
 def test_rounds_replayed_against_the_reference():
-    """Each round of the real loop (tiny pair, two rows, pooled state): the proposals, the declined token and the
-    draft steps equal the numpy rule's from the state before the round and the entropies the draft computed; the
-    state after adds exactly the round's verdicts per signal bin, its tokens and its cost."""
+    """Each round of the real loop (tiny pair, two rows, pooled state, so the batch decides as one): the proposals,
+    the declined token and the draft steps equal the numpy rule's from the state before the round and the entropies
+    the draft computed; the state after adds exactly the round's verdicts per signal bin, its tokens and its cost
+    (every live row charged the round's longest draft and its verification)."""
     pair, lc = tiny_lc("adasd:stop=cost,js_accept=0,bins=8")
     verify = np.asarray([1.0, 1.3, 1.6, 2.2], np.float32)  # widths (0, 1, 3, 6): steep, so proposals get declined
     costs = CostTable(draft=jnp.float32(0.1), verify=jnp.asarray(verify))
@@ -191,9 +270,11 @@ def test_rounds_replayed_against_the_reference():
         width = max(int(n[b]) for b in range(2) if live[b])
         width = next(w for w in lc.widths if w >= width)
         cost = 0.0
+        ref = RefRule(t, 0.1, verify, lc.widths, lc.k, lc.vocab)
+        caps = [min(lc.k, int(budget[b])) for b in range(2)]
+        rns, rdecs, rsteps_all = ref.batch_round(ent, caps, live)
         for b in np.nonzero(live)[0]:
-            ref = RefRule(t, 0.1, verify, lc.widths, min(lc.k, int(budget[b])), lc.vocab)
-            rn, rdec, rsteps = ref.round(ent[b])
+            rn, rdec, rsteps = rns[b], rdecs[b], rsteps_all[b]
             assert (int(n[b]), bool(dm.declined[b]), int(dm.draft_steps[b])) == (rn, rdec, rsteps), (r, b)
             for i in range(min(int(a[b]) + 1, rn)):
                 want_bins[ref_bin(ent[b, i], t.bins, lc.vocab)] += 1
@@ -202,7 +283,7 @@ def test_rounds_replayed_against_the_reference():
             if rdec and a[b] == rn:  # the declined token's verdict is counted too
                 dec_bin = ref_bin(ent[b, rn], t.bins, lc.vocab)
                 want_bins[dec_bin] += 1
-            cost += rsteps * 0.1 + verify[lc.widths.index(width)]
+            cost += max(rsteps_all[i] for i in range(2) if live[i]) * 0.1 + verify[lc.widths.index(width)]
             seen["declined"] += rdec
             seen["stopped"] += rn > 0 and not rdec
         ta = after.method.thresholds
