@@ -98,7 +98,7 @@ def test_verification_width_equals_single_steps(hf_models):
         singles.append(s)
     np.testing.assert_allclose(wide, np.concatenate(singles, 1), atol=1e-5, rtol=0)
     for a, b in zip(wide_cache.k, cache.k):
-        np.testing.assert_allclose(a[:, :20], b[:, :20], atol=1e-6)
+        np.testing.assert_allclose(a[:, :20], b[:, :20], atol=1e-5)  # f32 sums in another order: 1.1e-6 on AVX2
 
 
 def test_ragged_batch_rows_equal_alone(hf_models):
