@@ -110,26 +110,53 @@ def test_int8_forward_is_close_to_float32_tiny(hf_models, family, kernel):
     assert top1 >= 0.9 and kl < 0.01, (kernel, kl, top1)
 
 
-REAL_BOUNDS = {"w8a8": (0.06, 0.8), "w8a16": (0.02, 0.85)}  # (KL below, top-1 at least) on SmolLM2
+REAL_TEXT = (  # written for this test: word problems with worked answers, Python, prose
+    "A bakery sells muffins for $3 each and cookies for $1.50 each. On Saturday it sold 42 muffins and twice as many "
+    "cookies. How much money did the bakery make on Saturday?\n"
+    "The bakery sold 42 * 2 = 84 cookies. The muffins brought in 42 * 3 = $126 and the cookies 84 * 1.50 = $126, "
+    "so the bakery made 126 + 126 = $252 on Saturday.\n#### 252\n\n"
+    "Tom reads 15 pages every weekday and 40 pages on each day of the weekend. His book has 330 pages. How many weeks "
+    "does he need to finish it?\n"
+    "In one week Tom reads 5 * 15 + 2 * 40 = 75 + 80 = 155 pages. After two weeks he has read 310 pages, so he needs "
+    "a third week for the last 20 pages.\n#### 3\n\n"
+    "def binary_search(items, target):\n"
+    "    \"\"\"Return the index of target in the sorted list items, or -1 if it is absent.\"\"\"\n"
+    "    lo, hi = 0, len(items) - 1\n"
+    "    while lo <= hi:\n"
+    "        mid = (lo + hi) // 2\n"
+    "        if items[mid] == target:\n"
+    "            return mid\n"
+    "        if items[mid] < target:\n"
+    "            lo = mid + 1\n"
+    "        else:\n"
+    "            hi = mid - 1\n"
+    "    return -1\n\n"
+    "def count_words(text: str) -> dict[str, int]:\n"
+    "    counts = {}\n"
+    "    for word in text.lower().split():\n"
+    "        counts[word] = counts.get(word, 0) + 1\n"
+    "    return counts\n\n"
+    "The river rose slowly through the night, and by morning the old stone bridge stood in brown water up to its "
+    "arches. The farmers on the east bank moved their cattle to the hill behind the church, while the children "
+    "watched from the schoolyard and counted the branches that floated past.\n"
+)
+
+REAL_BOUNDS = {"w8a8": (0.03, 0.88), "w8a16": (0.01, 0.93)}  # (KL below, top-1 at least) on SmolLM2, REAL_TEXT
 
 
 @both_kernels
 def test_int8_forward_is_close_to_float32_on_real_smollm2(smollm2_gguf, kernel):
-    """Real weights (SmolLM2-135M, 64 positions of real text): KL(f32 || int8) per token and top-1 agreement within
-    REAL_BOUNDS, and smoothing makes w8a8 closer than plain per-row quantization (2026-12-02: on these 64 positions
-    w8a8 KL 0.095 -> 0.046, top-1 0.80 -> 0.86; on 256 positions of GSM8K text KL 0.045 -> 0.020, top-1 0.887 ->
-    0.922; w8a16 here KL 0.011, top-1 0.91)."""
+    """Real weights (SmolLM2-135M, the 445 positions of REAL_TEXT): KL(f32 || int8) per token and top-1 agreement
+    within REAL_BOUNDS, and smoothing makes w8a8 closer than plain per-row quantization. Measured 2026-12-08 (jax
+    0.10.2, an AVX2 CPU): w8a8 KL 0.038 -> 0.015 with smoothing, top-1 0.897 -> 0.926; w8a16 KL 0.0036, top-1 0.969.
+    The bounds sit about three standard errors (top-1: 0.012 at 445 positions) below those figures."""
     from transformers import AutoTokenizer
-
-    from adasd_jax.models import smooth
 
     c, p32, _ = models.load(smollm2_gguf, "float32", tokenizer=False)
     qc, pq, _ = models.load(smollm2_gguf, "float32", tokenizer=False, quantize="int8")
     tok = AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
-    text = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
-            "clips did Natalia sell altogether in April and May? def fibonacci(n):\n    if n < 2:\n        return n\n"
-            "    return fibonacci(n - 1) + fibonacci(n - 2)\n")
-    tokens = jnp.asarray([tok(text)["input_ids"][:64]])
+    tokens = jnp.asarray([tok(REAL_TEXT)["input_ids"]])
+    assert tokens.shape[1] > 400, tokens.shape
     ref = _logits(p32, c, tokens)[0]
     kl, top1 = _kl_top1(ref, _logits(pq, qc, tokens)[0])
     bound_kl, bound_top1 = REAL_BOUNDS[kernel]
