@@ -176,11 +176,11 @@ def draft(pd, lc: LoopConfig, s: LoopState, key, costs: CostTable):
         t = s.method.thresholds
         # per_row: each row decides as if alone; pooled: the batch decides as one decoder (one draft step serves
         # every row, and the verification is as wide as the longest draft)
-        share = 1.0 / jnp.maximum((~s.done).sum(), 1).astype(jnp.float32)
         if m.per_row:
             want = want & per_row_rule(m, lambda t, c: policies.start_drafting(t, costs, v, c), t, cap)
             model = jax.vmap(policies.cost_model, (0, None))(t, costs)
         else:
+            share = 1.0 / jnp.maximum((~s.done).sum(), 1).astype(jnp.float32)  # of the round's cost, per live row
             want = want & policies.batch_start_drafting(t, costs, v, cap, want, share)
             model = policies.cost_model(t, costs)
 
