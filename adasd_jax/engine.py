@@ -403,14 +403,15 @@ def prefill_s(pair: Pair, prompts, method: str | Method = "ar", max_new_tokens: 
               chat: bool = True, repeats: int = 1) -> float:
     """Seconds that `generate` spends on the prompts before its first round (both models' prefill, as one batch),
     timed apart on the same jitted code; median of `repeats`, compilation excluded. The benchmark takes it out of
-    `ar`'s time to compare the loop's per-token cost with one bare decode step."""
+    `ar`'s time to compare the loop's per-token cost with one bare decode step. The program returns the whole state,
+    both caches included: returning less lets XLA drop the work behind it (the draft's prefill, timed as nothing)."""
     if pair.layout is not None:
         raise ValueError("prefill_s times a pair on one device: load it without a mesh")
     lc, ids = _setup(pair, prompts, method, max_new_tokens, temperature, 0, 1.0, chat, False)
     prompt, lengths, max_len = _pad(ids, lc)
     B = len(ids)
     run, _ = _cached(pair, ("prefill", B, prompt.shape[1], lc, max_len), lambda: jax.jit(
-        lambda pt, pd, p, n, ms, k: loop.prefill(pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k).out))
+        lambda pt, pd, p, n, ms, k: loop.prefill(pt, loop.with_draft_head(pd, lc), lc, p, n, max_len, ms, k)))
     args = (pair.target.params, _draft_params(pair, lc.method), prompt, lengths,
             loop.init_method_state(lc.method, B), jax.random.key(0))
     return float(np.median(_timings([functools.partial(run, *args)], repeats)[0]))

@@ -620,3 +620,13 @@ def test_real_weights_sd_and_adasd(smollm2):
     m = ada.metrics
     assert [t[0] for t in ada.tokens] == [t[0] for t in ar.tokens]  # the prefill's token is the target's
     np.testing.assert_array_equal(m["accepted"], m["strict"] + m["lossy"])
+
+
+def test_prefill_timed_apart_computes_both_models_prefill(tiny_pair, monkeypatch):
+    """The program prefill_s times returns both caches filled to the prompt's length: returning less let XLA drop the
+    draft's prefill, which then timed as nothing."""
+    states = []
+    monkeypatch.setattr(engine, "_timings", lambda calls, repeats: states.append(calls[0]()) or [[0.5] * repeats])
+    assert engine.prefill_s(tiny_pair, [[5, 6, 7, 8, 9]], "sd:K=3", 8) == 0.5
+    s = states[0]
+    assert np.asarray(s.draft_cache.lengths).tolist() == [5] and np.asarray(s.target_cache.lengths).tolist() == [5]
