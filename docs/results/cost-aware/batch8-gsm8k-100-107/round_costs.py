@@ -22,7 +22,8 @@ for method in ("ar", "sd:K=1", "sd:K=3"):
                                               jnp.full((B,), max_len // 2, jnp.int32))
     m = lc.method
     s = LoopState(target_cache=cache(lc.target, pt),
-                  draft_cache=cache(lc.draft, pdp) if m.uses_draft else protocol.NoCache(lengths=jnp.zeros((B,), jnp.int32)),
+                  draft_cache=(cache(lc.draft, pdp) if m.uses_draft
+                               else protocol.NoCache(lengths=jnp.zeros((B,), jnp.int32))),
                   last=jnp.zeros((B,), jnp.int32), pending=jnp.zeros((B, 2), jnp.int32),
                   n_pending=jnp.full((B,), 2, jnp.int32), out=jnp.zeros((B, lc.out_len), jnp.int32),
                   done=jnp.zeros((B,), bool), method=loop.init_method_state(m, B), metrics=Metrics.zeros(B),
